@@ -1,0 +1,191 @@
+"""The command line: `python -m bot chat|run|worker|migrate|doctor|route|manifest`."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from bot.config import Settings, load_manifest
+from bot.errors import UserFacingError
+from bot.logs import setup_logging
+from bot.redaction import Redactor
+
+log = logging.getLogger("bot.cli")
+
+#: Platform adapters `bot run` can start: module, and the environment each one needs.
+PLATFORM_ADAPTERS: dict[str, str] = {"slack": "adapters.slack", "discord": "adapters.discord"}
+
+
+def _clean_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn expected failures into one line on stderr and exit 2; never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except UserFacingError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+    return wrapper
+
+
+def _settings() -> Settings:
+    settings = Settings.from_env()
+    setup_logging(Redactor(settings.secret_values))
+    return settings
+
+
+@click.group()
+@click.version_option(package_name="threadwork")
+def main() -> None:
+    """Threadwork: a team's coding agent, in the chat thread."""
+
+
+@main.command()
+@click.option("--thread", default=None, help="Thread to continue (default: the last one, 'main').")
+@click.option("--new", "new_thread", is_flag=True, help="Start a new thread.")
+@_clean_errors
+def chat(thread: str | None, new_thread: bool) -> None:
+    """Chat with the bot in this terminal (console adapter)."""
+    from datetime import datetime
+
+    from adapters.console import ConsoleChat
+    from bot import constants
+    from bot.engine import Engine, set_current
+
+    settings = _settings()
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    if interactive:  # keep log lines from tearing the prompt
+        setup_logging(Redactor(settings.secret_values), log_file=settings.data_dir / "logs" / "chat.log")
+    engine = Engine.from_settings(settings)
+    set_current(engine)
+    if new_thread:
+        thread = datetime.now().strftime("t%Y%m%d-%H%M%S")
+    console = ConsoleChat(engine, thread or constants.CONSOLE_DEFAULT_THREAD, interactive=interactive)
+    try:
+        code = console.run(None)
+    finally:
+        engine.close()
+    sys.exit(code)
+
+
+@main.command()
+@_clean_errors
+def run() -> None:
+    """Start every platform adapter the manifest enables and has credentials for."""
+    from bot.engine import Engine, set_current
+
+    settings = _settings()
+    manifest = load_manifest(settings.manifest_path)
+    ready, missing = [], []
+    for platform, module_name in PLATFORM_ADAPTERS.items():
+        if not getattr(manifest.platforms, platform).enabled:
+            continue
+        module = importlib.import_module(module_name)
+        lacking = module.missing_credentials(manifest, settings)
+        (missing if lacking else ready).append((platform, module, lacking))
+    if not ready:
+        click.echo("No platform adapter can start: none is enabled with its credentials.", err=True)
+        for platform, _module, lacking in missing:
+            click.echo(f"  {platform}: set {', '.join(lacking)}", err=True)
+        click.echo("See the README (Slack, Discord). For a local chat with no tokens: python -m bot chat", err=True)
+        sys.exit(1)
+    engine = Engine.from_settings(settings)
+    set_current(engine)
+    for platform, _module, lacking in missing:
+        click.echo(f"{platform}: not started (set {', '.join(lacking)})", err=True)
+    try:
+        _run_adapters(engine, [module for _platform, module, _lacking in ready])
+    finally:
+        engine.close()
+
+
+def _run_adapters(engine: Any, modules: list[Any]) -> None:
+    import threading
+
+    threads = [threading.Thread(target=module.serve, args=(engine,), name=module.__name__, daemon=True)
+               for module in modules]
+    for thread in threads:
+        thread.start()
+        click.echo(f"{thread.name}: started", err=True)
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(1)
+
+
+@main.command()
+@click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
+@click.option("--name", default=None, help="Worker name (default: RQ's).")
+@click.option("--with-scheduler", is_flag=True, help="Also run RQ's scheduler (retries with intervals).")
+@_clean_errors
+def worker(burst: bool, name: str | None, with_scheduler: bool) -> None:
+    """Run an RQ worker that executes the bot's jobs (needs REDIS_URL)."""
+    from workers.worker import run_worker
+
+    settings = _settings()
+    if not settings.redis_url:
+        raise UserFacingError("REDIS_URL is not set: workers need Redis (the console bot runs jobs in-process without it)")
+    sys.exit(run_worker(settings, burst=burst, name=name, with_scheduler=with_scheduler))
+
+
+@main.command()
+@_clean_errors
+def migrate() -> None:
+    """Apply database migrations (they also run at every start)."""
+    from bot.db import Database, safe_url
+
+    settings = _settings()
+    db = Database(settings.database_url)
+    revision = db.migrate()
+    db.close()
+    click.echo(f"{safe_url(settings.database_url)}: schema at revision {revision}")
+
+
+@main.command()
+@_clean_errors
+def doctor() -> None:
+    """Check the manifest, environment, database, Redis and the agent binary."""
+    from bot.doctor import run_checks
+
+    checks = run_checks(_settings())
+    marks = {True: "ok  ", False: "FAIL", None: "warn"}
+    for check in checks:
+        click.echo(f"{marks[check.ok]} {check.name:<9} {check.detail}")
+        if check.fix and check.ok is not True:
+            click.echo(f"     {'':<9} fix: {check.fix}")
+    sys.exit(1 if any(check.ok is False for check in checks) else 0)
+
+
+@main.command()
+@_clean_errors
+def route() -> None:
+    """Read messages, one per line, and print how each is routed, as JSON lines."""
+    from workers.routing import route_lines
+
+    for result in route_lines(_settings(), (line.rstrip("\n") for line in sys.stdin)):
+        click.echo(json.dumps(result, ensure_ascii=False))
+
+
+@main.command()
+@click.argument("platform", type=click.Choice(sorted(PLATFORM_ADAPTERS)))
+@_clean_errors
+def manifest(platform: str) -> None:
+    """Print the platform's app manifest (Slack) or invite URL (Discord) from manifest.yml."""
+    settings = _settings()
+    module = importlib.import_module(PLATFORM_ADAPTERS[platform])
+    click.echo(module.render_manifest(load_manifest(settings.manifest_path), settings))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,228 @@
+"""Configuration: `manifest.yml` for what the bot is, the environment for secrets and URLs.
+
+The manifest is validated at start; a bad one raises `ConfigError` with one line naming the
+key and what is wrong. Secrets never live in the manifest: `Settings.from_env` reads them, and
+`Settings.secret_values` lists them for the redaction step.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bot import constants
+from bot.errors import ConfigError
+
+#: Environment variables whose values are secrets: redacted everywhere, never passed to agents.
+SECRET_ENV_VARS = (
+    "ANTHROPIC_API_KEY",
+    "SLACK_BOT_TOKEN",
+    "SLACK_APP_TOKEN",
+    "SLACK_SIGNING_SECRET",
+    "DISCORD_TOKEN",
+    "DATABASE_URL",
+    "REDIS_URL",
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ConsolePlatform(_Section):
+    enabled: bool = True
+
+
+class SlackPlatform(_Section):
+    enabled: bool = True
+    #: "socket" needs SLACK_APP_TOKEN and no public URL; "http" needs SLACK_SIGNING_SECRET.
+    mode: Literal["socket", "http"] = "socket"
+    http_port: int = Field(default=3000, ge=1, le=65535)
+    #: The Slack app manifest, printed by `python -m bot manifest slack`.
+    app: dict[str, Any] = Field(default_factory=dict)
+
+
+class DiscordPlatform(_Section):
+    enabled: bool = True
+    intents: list[str] = Field(default_factory=lambda: ["guilds", "guild_messages", "dm_messages", "message_content"])
+    permissions: list[str] = Field(default_factory=list)
+    scopes: list[str] = Field(default_factory=lambda: ["bot", "applications.commands"])
+
+
+class Platforms(_Section):
+    console: ConsolePlatform = Field(default_factory=ConsolePlatform)
+    slack: SlackPlatform = Field(default_factory=SlackPlatform)
+    discord: DiscordPlatform = Field(default_factory=DiscordPlatform)
+
+
+class PluginsSection(_Section):
+    #: Extra plugin modules to load by dotted name, besides entry points.
+    modules: list[str] = Field(default_factory=list)
+    #: Plugin names (module names) to leave unregistered, built-ins included.
+    disabled: list[str] = Field(default_factory=list)
+    #: Per-plugin settings, keyed by plugin name; each plugin documents its own keys.
+    settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class RouterSection(_Section):
+    #: Ask an LLM about messages the cheap stages leave undecided (needs ANTHROPIC_API_KEY).
+    llm_stage: bool = True
+    classifier_model: str = "claude-haiku-4-5"
+    #: Decisions below this confidence are treated as tentative.
+    min_confidence: float = Field(default=0.8, ge=0, le=1)
+
+
+class LlmSection(_Section):
+    model: str = "claude-sonnet-4-5"
+    max_tokens: int = Field(default=1024, ge=1)
+    #: Tokens of thread history and recalled memory sent with a direct answer.
+    context_budget_tokens: int = Field(default=6000, ge=100)
+    timeout_seconds: float = Field(default=60, gt=0)
+    max_retries: int = Field(default=3, ge=0, le=10)
+
+
+class AgentSection(_Section):
+    #: Which registered agent runs agent requests.
+    name: str = "opencode"
+    #: Path of the agent binary; default: node_modules/.bin/opencode, then PATH.
+    binary: str | None = None
+    #: The model, as provider/model; default: opencode's own config (OPENCODE_CONFIG).
+    model: str | None = None
+    timeout_seconds: int = Field(default=constants.AGENT_RUN_TIMEOUT_S, ge=10)
+    allow_webfetch: bool = False
+
+
+class ChannelSection(_Section):
+    #: A git repository (path or URL) the channel's workspaces start from.
+    repo: str | None = None
+
+
+class Permissions(_Section):
+    """Who may do what: lists of user ids (or "*" for everyone), per action."""
+
+    agent: list[str] = Field(default_factory=lambda: ["*"])
+    cancel: list[str] = Field(default_factory=lambda: ["*"])
+    admin: list[str] = Field(default_factory=list)
+
+
+class Manifest(_Section):
+    """What the bot is: its name, platforms, plugins and their settings, and who may do what."""
+
+    name: str = "Threadwork"
+    description: str = ""
+    platforms: Platforms = Field(default_factory=Platforms)
+    plugins: PluginsSection = Field(default_factory=PluginsSection)
+    router: RouterSection = Field(default_factory=RouterSection)
+    llm: LlmSection = Field(default_factory=LlmSection)
+    agent: AgentSection = Field(default_factory=AgentSection)
+    #: Per-channel settings keyed "platform:channel", e.g. "slack:C0123".
+    channels: dict[str, ChannelSection] = Field(default_factory=dict)
+    permissions: Permissions = Field(default_factory=Permissions)
+
+    def allows(self, action: str, user_id: str) -> bool:
+        """Return whether the user may do the action under `permissions`."""
+        allowed: list[str] = getattr(self.permissions, action)
+        return "*" in allowed or user_id in allowed
+
+
+def load_manifest(path: Path | None) -> Manifest:
+    """Return the validated manifest at `path`, or the built-in defaults when it is None."""
+    if path is None:
+        return Manifest()
+    name = path.name
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (set BOT_MANIFEST or create it)") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{name}: {where}invalid YAML: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: the top level must be a mapping of keys, not {type(raw).__name__}")
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{name}: {_first_error(exc)}") from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    errors = exc.errors()
+    first = errors[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return f"{key}: {message}{more}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything read from the environment, once, at start."""
+
+    data_dir: Path
+    database_url: str
+    redis_url: str | None
+    manifest_path: Path | None
+    trace_plugins: bool = False
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        """Return the settings the environment describes, with embedded defaults."""
+        env = dict(os.environ if environ is None else environ)
+        data_dir = Path(env.get("BOT_DATA_DIR") or platformdirs.user_data_dir("threadwork")).expanduser()
+        database_url = env.get("DATABASE_URL") or f"sqlite:///{data_dir / 'threadwork.db'}"
+        manifest = env.get("BOT_MANIFEST")
+        if manifest:
+            manifest_path: Path | None = Path(manifest)
+        elif Path("manifest.yml").is_file():
+            manifest_path = Path("manifest.yml")
+        else:
+            manifest_path = None
+        return cls(
+            data_dir=data_dir,
+            database_url=database_url,
+            redis_url=env.get("REDIS_URL") or None,
+            manifest_path=manifest_path,
+            trace_plugins=env.get("BOT_TRACE_PLUGINS", "") not in ("", "0", "false"),
+            env=env,
+        )
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """Return an environment variable as read at start (empty counts as unset)."""
+        return self.env.get(name) or default
+
+    @property
+    def secret_values(self) -> list[str]:
+        """Return the values of every secret in the environment, for redaction."""
+        values = [self.env.get(name, "") for name in SECRET_ENV_VARS]
+        return [value for value in values if len(value) >= 6]
+
+
+#: Where the pinned agent binary lands after `npm install` in the checkout.
+_CHECKOUT = Path(__file__).resolve().parent.parent
+AGENT_BINARY_CANDIDATES = (_CHECKOUT / "node_modules/.bin/opencode", Path("node_modules/.bin/opencode"))
+
+
+def resolve_agent_binary(manifest: Manifest, settings: Settings) -> Path | None:
+    """Return the agent binary: OPENCODE_BIN, the manifest's, the pinned npm one, or PATH's."""
+    import shutil
+
+    explicit = settings.get("OPENCODE_BIN") or manifest.agent.binary
+    if explicit:
+        found = shutil.which(explicit)
+        return Path(found) if found else None
+    for candidate in AGENT_BINARY_CANDIDATES:
+        if candidate.is_file():
+            return candidate.resolve()
+    found = shutil.which("opencode")
+    return Path(found) if found else None

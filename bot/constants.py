@@ -1,0 +1,52 @@
+"""Limits, throttles and timeouts, each with where its number comes from.
+
+Platform limits live here rather than in adapters so the renderer can keep every text within
+them before an adapter ever sees it.
+"""
+
+#: Slack truncates message text past 40,000 characters (chat.postMessage docs).
+SLACK_TEXT_LIMIT = 40_000
+#: A Slack section block holds at most 3,000 characters (Block Kit reference).
+SLACK_SECTION_LIMIT = 3_000
+#: Slack allows at most 50 blocks per message (Block Kit reference).
+SLACK_MAX_BLOCKS = 50
+#: Discord message content is capped at 2,000 characters (Discord API docs).
+DISCORD_CONTENT_LIMIT = 2_000
+#: Discord embed descriptions are capped at 4,096 characters (Discord API docs).
+DISCORD_EMBED_DESCRIPTION_LIMIT = 4_096
+#: Discord's default per-file upload limit, 10 MiB, on unboosted guilds (Discord API docs).
+DISCORD_DEFAULT_FILE_LIMIT = 10 * 1024 * 1024
+
+#: Edits of one status message are coalesced to at most one per second (Slack chat.update is
+#: Tier 3, ~50/min; Discord's per-route buckets allow about 5 per 5 s).
+STATUS_EDIT_INTERVAL_S = 1.0
+#: A status message stays short: long edits fail well before Slack's 40k (PLATFORM_FACTS).
+STATUS_TEXT_LIMIT = 1_500
+#: How many tool calls the status checklist shows before it folds the rest into a count.
+STATUS_CHECKLIST_ITEMS = 12
+#: Replies longer than this are attached as a file rather than split into many messages.
+REPLY_ATTACH_THRESHOLD = 12_000
+
+#: Every platform wants an acknowledgement within 3 s (Slack Events API, Discord interactions);
+#: dispatch must stay far below it. Used by `bot doctor` and the bench, never as an assertion.
+ACK_BUDGET_S = 3.0
+
+#: RQ's default job timeout is 180 s (rq/defaults.py); chat jobs that only answer need less.
+CHAT_JOB_TIMEOUT_S = 180
+#: Agent runs may legitimately take long; the manifest's agent.timeout_seconds overrides this.
+AGENT_RUN_TIMEOUT_S = 900
+#: The RQ job gets this much on top of the run's own timeout, so the run can clean up and
+#: report before RQ kills the work-horse.
+AGENT_JOB_GRACE_S = 60
+#: Name of the RQ queue every Threadwork job goes to.
+QUEUE_NAME = "threadwork"
+
+#: SQLite waits this long for a lock before failing (WAL allows one writer at a time).
+SQLITE_BUSY_TIMEOUT_MS = 5_000
+#: Rows `/history` shows by default.
+HISTORY_DEFAULT_ROWS = 20
+
+#: Console: the thread a `bot chat` session continues when none is named.
+CONSOLE_DEFAULT_THREAD = "main"
+#: Console: how long `bot chat` waits at end of input for replies and runs still in progress.
+CONSOLE_DRAIN_TIMEOUT_S = 1_800

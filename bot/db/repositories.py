@@ -1,0 +1,427 @@
+"""Repositories: the only code that knows the tables. Each works inside a caller's session.
+
+    with engine.db.session() as session:
+        conversation = Conversations(session).ensure(where)
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from bot.db.models import (
+    AgentRunRow,
+    ConversationRow,
+    MemoryRow,
+    MessageRow,
+    ParticipantRow,
+    ProcessedEventRow,
+    ResourceRow,
+    RouteDecisionRow,
+    RunEventRow,
+)
+from bot.types import (
+    AgentRun,
+    Conversation,
+    HistoryEntry,
+    RouteDecision,
+    RunEvent,
+    RunState,
+    ThreadRef,
+    utcnow,
+)
+
+
+def _conversation(row: ConversationRow) -> Conversation:
+    return Conversation(
+        id=row.id,
+        where=ThreadRef(row.platform, row.channel, row.thread),
+        title=row.title,
+        agent_session_id=row.agent_session_id,
+        forked_from_id=row.forked_from_id,
+    )
+
+
+def _run(row: AgentRunRow) -> AgentRun:
+    return AgentRun(
+        id=row.id,
+        conversation_id=row.conversation_id,
+        agent=row.agent,
+        prompt=row.prompt,
+        state=RunState(row.state),
+        requested_by=row.requested_by,
+        status_message_id=row.status_message_id,
+        session_id=row.session_id,
+        error=row.error,
+    )
+
+
+class Conversations:
+    """Threads the bot takes part in, keyed by platform, channel and thread."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def ensure(self, where: ThreadRef, title: str = "") -> Conversation:
+        """Return the conversation for the thread, creating it on first sight."""
+        row = self._row(where)
+        if row is None:
+            try:
+                with self.s.begin_nested():
+                    row = ConversationRow(
+                        platform=where.platform, channel=where.channel, thread=where.thread, title=title[:200]
+                    )
+                    self.s.add(row)
+            except IntegrityError:  # another dispatch created it a moment ago
+                row = self._row(where)
+                assert row is not None
+        return _conversation(row)
+
+    def find(self, where: ThreadRef) -> Conversation | None:
+        """Return the conversation for the thread, or None if the bot has never seen it."""
+        row = self._row(where)
+        return _conversation(row) if row else None
+
+    def get(self, conversation_id: int) -> Conversation:
+        """Return the conversation with this id."""
+        return _conversation(self.s.get_one(ConversationRow, conversation_id))
+
+    def in_channel(self, platform: str, channel: str, limit: int = 20) -> list[tuple[Conversation, int]]:
+        """Return the channel's most recently active conversations with their message counts."""
+        counts = (
+            select(MessageRow.conversation_id, func.count(MessageRow.id).label("n"))
+            .group_by(MessageRow.conversation_id)
+            .subquery()
+        )
+        rows = self.s.execute(
+            select(ConversationRow, func.coalesce(counts.c.n, 0))
+            .outerjoin(counts, counts.c.conversation_id == ConversationRow.id)
+            .where(ConversationRow.platform == platform, ConversationRow.channel == channel)
+            .order_by(ConversationRow.updated_at.desc(), ConversationRow.id.desc())
+            .limit(limit)
+        ).all()
+        return [(_conversation(row), count) for row, count in rows]
+
+    def set_agent_session(self, conversation_id: int, session_id: str | None) -> None:
+        """Remember the agent session that the conversation's follow-ups continue."""
+        self.s.execute(
+            update(ConversationRow).where(ConversationRow.id == conversation_id).values(agent_session_id=session_id)
+        )
+
+    def _row(self, where: ThreadRef) -> ConversationRow | None:
+        return self.s.scalars(
+            select(ConversationRow).where(
+                ConversationRow.platform == where.platform,
+                ConversationRow.channel == where.channel,
+                ConversationRow.thread == where.thread,
+            )
+        ).one_or_none()
+
+
+class Participants:
+    """People who have written in a conversation."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def touch(self, conversation_id: int, user_id: str, display_name: str = "") -> int:
+        """Return the participant's id, recording them (or their new name) as seen now."""
+        row = self.s.scalars(
+            select(ParticipantRow).where(
+                ParticipantRow.conversation_id == conversation_id, ParticipantRow.user_id == user_id
+            )
+        ).one_or_none()
+        if row is None:
+            row = ParticipantRow(conversation_id=conversation_id, user_id=user_id, display_name=display_name)
+            self.s.add(row)
+            self.s.flush()
+        else:
+            row.last_seen_at = utcnow()
+            if display_name and display_name != row.display_name:
+                row.display_name = display_name
+        return row.id
+
+    def in_conversation(self, conversation_id: int) -> list[tuple[str, str]]:
+        """Return (user id, display name) of everyone who has written in the conversation."""
+        rows = self.s.execute(
+            select(ParticipantRow.user_id, ParticipantRow.display_name)
+            .where(ParticipantRow.conversation_id == conversation_id)
+            .order_by(ParticipantRow.first_seen_at)
+        ).all()
+        return [(user_id, name) for user_id, name in rows]
+
+
+class Messages:
+    """Every message of every conversation, the bot's own replies included."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def add(
+        self,
+        conversation_id: int,
+        role: str,
+        text: str,
+        *,
+        external_id: str | None = None,
+        participant_id: int | None = None,
+        reply_to_id: int | None = None,
+        created_at: datetime | None = None,
+    ) -> tuple[int, bool]:
+        """Store a message; return its id and whether it is new (False: a redelivery)."""
+        if external_id is not None:
+            existing = self.s.scalar(
+                select(MessageRow.id).where(
+                    MessageRow.conversation_id == conversation_id, MessageRow.external_id == external_id
+                )
+            )
+            if existing is not None:
+                return existing, False
+        row = MessageRow(
+            conversation_id=conversation_id,
+            role=role,
+            text=text,
+            external_id=external_id,
+            participant_id=participant_id,
+            reply_to_id=reply_to_id,
+            created_at=created_at or utcnow(),
+        )
+        self.s.add(row)
+        self.s.flush()
+        return row.id, True
+
+    def store_reply(self, conversation_id: int, external_id: str, text: str, reply_to_id: int | None = None) -> None:
+        """Store the final text of a bot message that was posted and then edited."""
+        row = self.s.scalars(
+            select(MessageRow).where(MessageRow.conversation_id == conversation_id, MessageRow.external_id == external_id)
+        ).one_or_none()
+        if row is None:
+            self.add(conversation_id, "assistant", text, external_id=external_id, reply_to_id=reply_to_id)
+        else:
+            row.text = text
+            row.reply_to_id = row.reply_to_id or reply_to_id
+
+    def answered(self, message_id: int) -> bool:
+        """Return whether the bot has already replied to this message."""
+        return self.s.scalar(select(MessageRow.id).where(MessageRow.reply_to_id == message_id).limit(1)) is not None
+
+    def record_decision(self, message_id: int, decision: RouteDecision) -> None:
+        """Store (or replace) why the bot routed the message as it did."""
+        row = self.s.get(RouteDecisionRow, message_id)
+        if row is None:
+            row = RouteDecisionRow(message_id=message_id)
+            self.s.add(row)
+        row.route = decision.route.value
+        row.stage = decision.stage
+        row.confidence = decision.confidence
+        row.reason = decision.reason[:500]
+        row.decided_at = utcnow()
+
+    def decision(self, message_id: int) -> dict[str, Any] | None:
+        """Return the stored decision for a message as plain values, or None."""
+        row = self.s.get(RouteDecisionRow, message_id)
+        if row is None:
+            return None
+        return {"route": row.route, "stage": row.stage, "confidence": row.confidence, "reason": row.reason}
+
+    def get(self, message_id: int) -> tuple[HistoryEntry, int, str]:
+        """Return the message, its conversation id and its author's user id."""
+        row = self.s.get_one(MessageRow, message_id)
+        user_id = row.participant.user_id if row.participant else ""
+        return _entry(row), row.conversation_id, user_id
+
+    def recent(self, conversation_id: int, limit: int = 20, before_id: int | None = None) -> list[HistoryEntry]:
+        """Return the conversation's last `limit` messages, oldest first."""
+        query = select(MessageRow).where(MessageRow.conversation_id == conversation_id)
+        if before_id is not None:
+            query = query.where(MessageRow.id < before_id)
+        rows = self.s.scalars(query.order_by(MessageRow.id.desc()).limit(limit)).all()
+        return [_entry(row) for row in reversed(rows)]
+
+    def count(self, conversation_id: int) -> int:
+        """Return how many messages the conversation holds."""
+        return self.s.scalar(select(func.count(MessageRow.id)).where(MessageRow.conversation_id == conversation_id)) or 0
+
+
+def _entry(row: MessageRow) -> HistoryEntry:
+    author = "bot" if row.role == "assistant" else (row.participant.display_name or row.participant.user_id) if row.participant else "someone"
+    return HistoryEntry(
+        id=row.id,
+        role=row.role,
+        author=author,
+        text=row.text,
+        created_at=row.created_at,
+        route=row.decision.route if row.decision else None,
+    )
+
+
+class Runs:
+    """Agent runs and their events."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def create(
+        self, conversation_id: int, agent: str, prompt: str, *, requested_by: str = "", request_message_id: int | None = None
+    ) -> tuple[AgentRun, bool]:
+        """Create a queued run; return it and whether it is new (one run per request message)."""
+        if request_message_id is not None:
+            existing = self.s.scalars(
+                select(AgentRunRow).where(AgentRunRow.request_message_id == request_message_id)
+            ).one_or_none()
+            if existing is not None:
+                return _run(existing), False
+        row = AgentRunRow(
+            conversation_id=conversation_id,
+            agent=agent,
+            prompt=prompt,
+            requested_by=requested_by,
+            request_message_id=request_message_id,
+            state=RunState.QUEUED.value,
+        )
+        self.s.add(row)
+        self.s.flush()
+        return _run(row), True
+
+    def get(self, run_id: int) -> AgentRun:
+        """Return the run with this id."""
+        return _run(self.s.get_one(AgentRunRow, run_id))
+
+    def row(self, run_id: int) -> AgentRunRow:
+        """Return the run's row, for callers that need its timing and token columns."""
+        return self.s.get_one(AgentRunRow, run_id)
+
+    def transition(self, run_id: int, to: RunState, *, allowed_from: tuple[RunState, ...], **values: Any) -> bool:
+        """Move the run to `to` if it is in one of `allowed_from`; return whether it moved.
+
+        A single conditional UPDATE, so two workers racing for a run cannot both win.
+        """
+        if to == RunState.RUNNING:
+            values.setdefault("started_at", utcnow())
+        if to.is_final:
+            values.setdefault("finished_at", utcnow())
+        result = self.s.execute(
+            update(AgentRunRow)
+            .where(AgentRunRow.id == run_id, AgentRunRow.state.in_([s.value for s in allowed_from]))
+            .values(state=to.value, **values)
+        )
+        return result.rowcount == 1
+
+    def set(self, run_id: int, **values: Any) -> None:
+        """Update plain columns of the run (status message id, session id, tokens)."""
+        self.s.execute(update(AgentRunRow).where(AgentRunRow.id == run_id).values(**values))
+
+    def add_event(self, run_id: int, seq: int, event: RunEvent) -> bool:
+        """Store one event under its sequence number; return False if it was stored already."""
+        exists = self.s.scalar(select(RunEventRow.id).where(RunEventRow.run_id == run_id, RunEventRow.seq == seq))
+        if exists is not None:
+            return False
+        self.s.add(
+            RunEventRow(
+                run_id=run_id,
+                seq=seq,
+                kind=event.kind.value,
+                name=event.name[:64],
+                status=event.status[:16],
+                text=event.text,
+                tokens_in=event.tokens_in,
+                tokens_out=event.tokens_out,
+                cost=event.cost,
+                raw=event.raw or None,
+                created_at=event.at,
+            )
+        )
+        return True
+
+    def events(self, run_id: int) -> list[RunEventRow]:
+        """Return the run's events in order."""
+        return list(self.s.scalars(select(RunEventRow).where(RunEventRow.run_id == run_id).order_by(RunEventRow.seq)))
+
+    def active(self, conversation_id: int) -> list[AgentRun]:
+        """Return the conversation's queued and running runs, oldest first."""
+        rows = self.s.scalars(
+            select(AgentRunRow)
+            .where(
+                AgentRunRow.conversation_id == conversation_id,
+                AgentRunRow.state.in_([RunState.QUEUED.value, RunState.RUNNING.value]),
+            )
+            .order_by(AgentRunRow.id)
+        )
+        return [_run(row) for row in rows]
+
+    def in_conversation(self, conversation_id: int, limit: int = 10) -> list[AgentRun]:
+        """Return the conversation's latest runs, newest first."""
+        rows = self.s.scalars(
+            select(AgentRunRow).where(AgentRunRow.conversation_id == conversation_id).order_by(AgentRunRow.id.desc()).limit(limit)
+        )
+        return [_run(row) for row in rows]
+
+    def in_state(self, state: RunState) -> list[AgentRun]:
+        """Return every run in the given state, oldest first."""
+        rows = self.s.scalars(select(AgentRunRow).where(AgentRunRow.state == state.value).order_by(AgentRunRow.id))
+        return [_run(row) for row in rows]
+
+
+class Resources:
+    """Files agents made, as uploaded into threads."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def add(self, conversation_id: int, path: str, *, run_id: int | None = None, size: int = 0, sha256: str = "",
+            platform_file_id: str | None = None, kind: str = "file") -> int:
+        """Index one file; return its id."""
+        row = ResourceRow(conversation_id=conversation_id, run_id=run_id, path=path, size=size, sha256=sha256,
+                          platform_file_id=platform_file_id, kind=kind)
+        self.s.add(row)
+        self.s.flush()
+        return row.id
+
+    def in_conversation(self, conversation_id: int) -> list[ResourceRow]:
+        """Return the conversation's files, newest first."""
+        return list(self.s.scalars(
+            select(ResourceRow).where(ResourceRow.conversation_id == conversation_id).order_by(ResourceRow.id.desc())
+        ))
+
+
+class Memories:
+    """What memory plugins chose to keep."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def add(self, text: str, *, conversation_id: int | None, tokens: int, kind: str = "note",
+            source_message_id: int | None = None) -> int:
+        """Store one memory; return its id."""
+        row = MemoryRow(conversation_id=conversation_id, text=text, tokens=tokens, kind=kind,
+                        source_message_id=source_message_id)
+        self.s.add(row)
+        self.s.flush()
+        return row.id
+
+    def for_conversation(self, conversation_id: int, kind: str | None = None, limit: int = 50) -> list[MemoryRow]:
+        """Return the conversation's memories, newest first."""
+        query = select(MemoryRow).where(MemoryRow.conversation_id == conversation_id)
+        if kind:
+            query = query.where(MemoryRow.kind == kind)
+        return list(self.s.scalars(query.order_by(MemoryRow.id.desc()).limit(limit)))
+
+
+class ProcessedEvents:
+    """A durable record of platform event ids, so retried deliveries do nothing twice."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def claim(self, platform: str, event_id: str) -> bool:
+        """Record the event id; return True the first time, False for every redelivery."""
+        try:
+            with self.s.begin_nested():
+                self.s.add(ProcessedEventRow(platform=platform, event_id=event_id))
+        except IntegrityError:
+            return False
+        return True

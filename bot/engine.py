@@ -1,0 +1,270 @@
+"""The engine: one `dispatch(message)` funnel, and the services jobs and plugins share.
+
+`dispatch` persists the message, runs the cheap routing stages and then either runs a chat
+command or enqueues a job. It never waits on a model or an agent, so every platform's 3-second
+acknowledgement holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from bot import constants
+from bot.config import Manifest, Settings, load_manifest
+from bot.db import Database
+from bot.db.repositories import Conversations, Messages, Participants
+from bot.memory import within_budget
+from bot.errors import ConfigError, PermissionDenied, UserFacingError
+from bot.plugins import make_plugin_manager
+from bot.queue import InProcessQueue, JobQueue, RedisQueue
+from bot.redaction import Redactor
+from bot.types import (
+    Attachment,
+    ChatPort,
+    Command,
+    CommandContext,
+    Conversation,
+    HistoryEntry,
+    MemoryItem,
+    Message,
+    Reply,
+    Route,
+    RouteDecision,
+)
+
+log = logging.getLogger(__name__)
+
+#: Dotted path of the job that handles a message routed to a direct answer or the agent.
+HANDLE_MESSAGE_JOB = "workers.jobs.handle_message"
+
+
+@dataclass(frozen=True)
+class Dispatched:
+    """What `dispatch` did with a message."""
+
+    message_id: int
+    conversation: Conversation
+    decision: RouteDecision | None
+    #: The job that will finish the work, if one was enqueued.
+    job_id: str | None = None
+    #: True when the platform delivered this message before and nothing was done again.
+    duplicate: bool = False
+
+
+class Engine:
+    """The core: configuration, database, plugins, queue and the chat ports, behind dispatch."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        manifest: Manifest,
+        db: Database,
+        queue: JobQueue,
+        pm: pluggy.PluginManager,
+    ) -> None:
+        self.settings = settings
+        self.manifest = manifest
+        self.db = db
+        self.queue = queue
+        self.pm = pm
+        self.hook = pm.hook
+        self.redact = Redactor(settings.secret_values)
+        self._ports: dict[str, ChatPort] = {}
+        self._ports_lock = threading.Lock()
+        self.commands: dict[str, Command] = {}
+        for commands in self.hook.register_commands():
+            for command in commands or ():
+                self.commands.setdefault(command.name, command)
+        self.hook.startup(engine=self)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings | None = None,
+        *,
+        queue: JobQueue | None = None,
+        load_entrypoints: bool = True,
+        migrate: bool = True,
+    ) -> Engine:
+        """Return an engine built from the environment: manifest, database, queue, plugins."""
+        settings = settings or Settings.from_env()
+        manifest = load_manifest(settings.manifest_path)
+        db = Database(settings.database_url)
+        if migrate:
+            db.migrate()
+        if queue is None:
+            queue = RedisQueue(settings.redis_url) if settings.redis_url else InProcessQueue()
+        pm = make_plugin_manager(manifest, load_entrypoints=load_entrypoints, trace=settings.trace_plugins)
+        return cls(settings, manifest, db, queue, pm)
+
+    # -- the funnel -------------------------------------------------------------------------
+
+    def dispatch(self, message: Message) -> Dispatched:
+        """Persist the message, route it cheaply, then run its command or enqueue its job."""
+        stored = self.persist_and_route(message)
+        decision = stored.decision
+        if stored.duplicate or decision is None:
+            return stored
+        conversation, message_id = stored.conversation, stored.message_id
+        if decision.route == Route.COMMAND:
+            self._run_command(message, conversation, decision, message_id)
+            return Dispatched(message_id, conversation, decision)
+        job_id = f"message-{message_id}"
+        self.queue.enqueue(
+            HANDLE_MESSAGE_JOB,
+            message_id,
+            decision.route.value,
+            decision.text if decision.text is not None else message.text,
+            decision.tentative,
+            job_id=job_id,
+            timeout=self.agent_job_timeout if decision.route == Route.AGENT else constants.CHAT_JOB_TIMEOUT_S,
+        )
+        return Dispatched(message_id, conversation, decision, job_id=job_id)
+
+    def persist_and_route(self, message: Message) -> Dispatched:
+        """Store the message and its cheap routing decision in one transaction; act on nothing."""
+        with self.db.session() as session:
+            conversation = Conversations(session).ensure(message.where, title=message.text[:80])
+            participant_id = Participants(session).touch(conversation.id, message.user_id, message.user_name)
+            message_id, is_new = Messages(session).add(
+                conversation.id,
+                "user",
+                message.text,
+                external_id=message.external_id,
+                participant_id=participant_id,
+                created_at=message.received_at,
+            )
+            if not is_new:
+                return Dispatched(message_id, conversation, None, duplicate=True)
+            decision = self.hook.route_message(message=message, conversation=conversation, engine=self)
+            Messages(session).record_decision(message_id, decision)
+        return Dispatched(message_id, conversation, decision)
+
+    def _run_command(self, message: Message, conversation: Conversation, decision: RouteDecision, message_id: int) -> None:
+        command = self.commands.get(decision.command or "")
+        if command is None:
+            self.say(conversation, f"I don't know the command `{decision.command}`. Type `help` for the list.",
+                     reply_to=message_id)
+            return
+        try:
+            if command.permission and not self.manifest.allows(command.permission, message.user_id):
+                raise PermissionDenied(f"You are not allowed to use `{command.name}` here ({command.permission} permission).")
+            match = command.pattern.search(message.text) if command.pattern else None
+            context = CommandContext(message, conversation, decision.argument, self, message_id, match)
+            result = command.handler(context)
+        except UserFacingError as exc:
+            result = str(exc)
+        except Exception:  # boundary: one incoming message
+            log.exception("command %s failed", command.name)
+            result = f"Sorry, `{command.name}` failed unexpectedly; the error is in the bot's log."
+        if result:
+            self.say(conversation, result if isinstance(result, Reply) else Reply(result), reply_to=message_id)
+
+    # -- the thread: everything posted goes through redaction and is persisted -------------------
+
+    def say(self, conversation: Conversation, reply: Reply | str, *, reply_to: int | None = None) -> str:
+        """Post a reply into the conversation's thread, store it, and return its message id."""
+        reply = self._redacted(reply)
+        message_id = self.port_for(conversation.where.platform).post(conversation.where, reply)
+        with self.db.session() as session:
+            Messages(session).add(conversation.id, "assistant", reply.text, external_id=message_id, reply_to_id=reply_to)
+        return message_id
+
+    def edit(self, conversation: Conversation, message_id: str, reply: Reply | str, *, final: bool = False,
+             reply_to: int | None = None) -> None:
+        """Replace a message the bot posted; with `final`, also store the text as the reply."""
+        reply = self._redacted(reply)
+        self.port_for(conversation.where.platform).edit(conversation.where, message_id, reply)
+        if final:
+            with self.db.session() as session:
+                Messages(session).store_reply(conversation.id, message_id, reply.text, reply_to)
+
+    def upload(self, conversation: Conversation, attachment: Attachment) -> str:
+        """Upload a file into the thread, redacted, and return the platform's file id."""
+        clean = Attachment(attachment.filename, self.redact.bytes(attachment.data), attachment.title,
+                           self.redact(attachment.comment))
+        return self.port_for(conversation.where.platform).upload(conversation.where, clean)
+
+    def _redacted(self, reply: Reply | str) -> Reply:
+        if isinstance(reply, str):
+            return Reply(self.redact(reply))
+        return Reply(self.redact(reply.text), reply.status, reply.partial)
+
+    # -- chat ports ---------------------------------------------------------------------------
+
+    def attach_port(self, port: ChatPort) -> None:
+        """Use this port for its platform (an adapter attaches its live one at start)."""
+        with self._ports_lock:
+            self._ports[port.platform] = port
+
+    def port_for(self, platform: str) -> ChatPort:
+        """Return the chat port for a platform, asking the `chat_port` hook on first use."""
+        with self._ports_lock:
+            port = self._ports.get(platform)
+            if port is None:
+                port = self.hook.chat_port(platform=platform, engine=self)
+                if port is None:
+                    raise ConfigError(f"no adapter can post to {platform!r} from this process")
+                self._ports[platform] = port
+            return port
+
+    # -- reads plugins and jobs share -------------------------------------------------------------
+
+    def history(self, conversation_id: int, limit: int = constants.HISTORY_DEFAULT_ROWS,
+                before_id: int | None = None) -> list[HistoryEntry]:
+        """Return the conversation's last messages, oldest first."""
+        with self.db.session() as session:
+            return Messages(session).recent(conversation_id, limit, before_id)
+
+    def recall(self, message: Message, conversation: Conversation, budget_tokens: int) -> list[MemoryItem]:
+        """Return what the memory plugins recall for the message, merged within the budget."""
+        items = [item for result in self.hook.recall(message=message, conversation=conversation,
+                                                       budget_tokens=budget_tokens) for item in result or ()]
+        return within_budget(items, budget_tokens)
+
+    def plugin_settings(self, name: str) -> dict[str, Any]:
+        """Return the manifest's settings for one plugin (empty when it has none)."""
+        return dict(self.manifest.plugins.settings.get(name, {}))
+
+    @property
+    def agent_job_timeout(self) -> int:
+        return self.manifest.agent.timeout_seconds + constants.AGENT_JOB_GRACE_S
+
+    def close(self) -> None:
+        """Stop the queue and close the database."""
+        self.queue.close()
+        self.db.close()
+
+
+_current: Engine | None = None
+_current_pid = 0
+_current_lock = threading.Lock()
+
+
+def set_current(engine: Engine | None) -> None:
+    """Make `engine` the one this process's jobs use."""
+    global _current, _current_pid
+    with _current_lock:
+        _current, _current_pid = engine, os.getpid()
+
+
+def current() -> Engine:
+    """Return this process's engine, building it from the environment on first use (RQ).
+
+    In an RQ work-horse (a fork of the worker) the inherited database pool is dropped
+    without closing the parent's connections.
+    """
+    global _current, _current_pid
+    with _current_lock:
+        if _current is None:
+            _current = Engine.from_settings()
+        elif _current_pid != os.getpid():
+            _current.db.engine.dispose(close=False)
+        _current_pid = os.getpid()
+        return _current

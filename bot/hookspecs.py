@@ -1,0 +1,138 @@
+"""The plugin contract: every hook a Threadwork plugin may implement.
+
+Each hookspec's first docstring line says what an implementation returns. Call hooks with
+keyword arguments; an implementation takes only the arguments it needs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from bot.engine import Engine
+    from bot.types import (
+        AgentRun,
+        Command,
+        Conversation,
+        MemoryItem,
+        Message,
+        RouteDecision,
+        RunEvent,
+    )
+
+PROJECT = "threadwork"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def startup(engine: Engine) -> None:
+    """Return nothing; prepare the plugin once the engine, database and queue are ready.
+
+    :param engine: the running engine; plugins may keep it to reach repositories and settings.
+    """
+
+
+@hookspec
+def register_commands() -> list[Command]:
+    """Return the chat commands this plugin adds (`bot.types.Command`)."""
+
+
+@hookspec
+def register_agents() -> list[Any]:
+    """Return the agents this plugin adds: objects with a `name` and a `run(...)` method.
+
+    See `workers.agent_run` for the agent protocol.
+    """
+
+
+@hookspec(firstresult=True)
+def route_message(message: Message, conversation: Conversation, engine: Engine) -> RouteDecision | None:
+    """Return a `RouteDecision` for the message from a cheap stage, or None to pass.
+
+    Runs inside `dispatch`: implementations are synchronous and must not call a model or the
+    network. Built-in stages, in order: commands and overrides, patterns, heuristics, and a
+    `trylast` tentative fallback. Stops at first non-None result.
+
+    :param message: the incoming message, already persisted.
+    :param conversation: the conversation the message belongs to.
+    :param engine: the engine, for reading the thread's state (recent messages, runs).
+    """
+
+
+@hookspec(firstresult=True)
+def classify_message(message: Message, conversation: Conversation, tentative: RouteDecision) -> RouteDecision | None:
+    """Return a `RouteDecision` from an expensive stage (an LLM), or None to keep `tentative`.
+
+    Runs in a worker, only for messages the cheap stages left tentative. Stops at first
+    non-None result.
+
+    :param message: the message to classify.
+    :param conversation: its conversation.
+    :param tentative: the cheap chain's fallback decision.
+    """
+
+
+@hookspec(firstresult=True)
+def answer_message(
+    message: Message, conversation: Conversation, memories: list[MemoryItem], engine: Engine, reply_to: int
+) -> str | None:
+    """Return the final text of a direct answer, having streamed it into the thread, or None.
+
+    Runs in a worker. An implementation posts and edits through `engine.say` / `engine.edit`
+    (which redact and persist), passing `reply_to` with the final edit. Return None when it
+    cannot answer (no model configured), so the next implementation or the engine's notice
+    takes over. Stops at first non-None result.
+
+    :param message: the message to answer.
+    :param conversation: its conversation.
+    :param memories: what the memory plugins recalled, within the token budget.
+    :param engine: the engine, for the thread's history and the chat port.
+    :param reply_to: the stored id of the message being answered.
+    """
+
+
+@hookspec
+def recall(message: Message, conversation: Conversation, budget_tokens: int) -> list[MemoryItem]:
+    """Return what this plugin remembers that matters for the message, within the budget.
+
+    All implementations are called; the engine merges their items by score until the budget
+    is spent.
+
+    :param message: the message being answered.
+    :param conversation: its conversation.
+    :param budget_tokens: the most tokens this plugin's items may take together.
+    """
+
+
+@hookspec
+def remember(message: Message, conversation: Conversation, reply: str) -> None:
+    """Return nothing; store what is worth keeping from an exchange that just ended.
+
+    :param message: the user's message.
+    :param conversation: its conversation.
+    :param reply: the bot's final answer (a direct answer or an agent run's summary).
+    """
+
+
+@hookspec
+def report_progress(run: AgentRun, event: RunEvent) -> None:
+    """Return nothing; observe one event of an agent run as it is stored.
+
+    :param run: the run, as it stands before the event is applied.
+    :param event: the typed event just parsed from the agent's output.
+    """
+
+
+@hookspec(firstresult=True)
+def chat_port(platform: str, engine: Engine) -> Any:
+    """Return a `ChatPort` that reaches the platform from any process, or None.
+
+    Workers use it to post and edit without the adapter's live connection (Slack's Web API,
+    Discord's REST API). Stops at first non-None result.
+
+    :param platform: the platform's name, as in `ThreadRef.platform`.
+    :param engine: the engine, for settings and secrets.
+    """

@@ -1,0 +1,71 @@
+"""The plugin host: built-ins, entry points and manifest modules, all registered alike."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from types import ModuleType
+
+import pluggy
+
+from bot import hookspecs
+from bot.config import Manifest
+from bot.errors import ConfigError
+
+log = logging.getLogger("bot.plugins")
+
+#: The built-in plugins, registered exactly like a third-party plugin would be. Defaults that
+#: a plugin may override are marked `trylast=True` in their modules.
+DEFAULT_PLUGINS = (
+    "plugins.routers.explicit",
+    "plugins.routers.patterns",
+    "plugins.routers.fallback",
+    "plugins.commands",
+    "plugins.smalltalk",
+    "plugins.memory.thread_history",
+    "plugins.memory.channel_notes",
+    "adapters.ports",
+)
+
+#: The entry-point group third-party packages register their plugin modules under.
+ENTRY_POINT_GROUP = hookspecs.PROJECT
+
+
+def make_plugin_manager(manifest: Manifest, *, load_entrypoints: bool = True, trace: bool = False) -> pluggy.PluginManager:
+    """Return a plugin manager with the built-ins, entry-point plugins and manifest modules."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    disabled = set(manifest.plugins.disabled)
+    for name in disabled:
+        pm.set_blocked(name)
+    for name in DEFAULT_PLUGINS:
+        if name not in disabled:
+            pm.register(importlib.import_module(name), name=name)
+    if load_entrypoints and os.environ.get("BOT_DISABLE_ENTRYPOINTS", "") in ("", "0"):
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    for name in manifest.plugins.modules:
+        if name not in disabled and pm.get_plugin(name) is None:
+            pm.register(_import_plugin(name), name=name)
+    if trace:
+        _trace_hook_calls(pm)
+    return pm
+
+
+def _import_plugin(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise ConfigError(f"manifest.yml: plugins.modules: cannot import {name!r} ({exc})") from None
+
+
+def _trace_hook_calls(pm: pluggy.PluginManager) -> None:
+    """Log every hook call with its arguments and results (BOT_TRACE_PLUGINS=1)."""
+
+    def before(hook_name: str, impls: list[pluggy.HookImpl], kwargs: dict) -> None:
+        log.info("hook %s(%s) -> %s", hook_name, ", ".join(sorted(kwargs)), [impl.plugin_name for impl in impls])
+
+    def after(outcome: pluggy.Result, hook_name: str, impls: list[pluggy.HookImpl], kwargs: dict) -> None:
+        log.info("hook %s returned %r", hook_name, outcome.get_result() if outcome.exception is None else outcome.exception)
+
+    pm.add_hookcall_monitoring(before, after)

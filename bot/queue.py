@@ -1,0 +1,138 @@
+"""Job queues: RQ on Redis when REDIS_URL is set, an in-process worker otherwise.
+
+Jobs are named by dotted path ("workers.jobs.handle_message") and take ids and plain values,
+so the same job functions run in an RQ work-horse or in a thread of the console bot.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import queue as stdlib_queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from bot import constants
+from bot.errors import QueueUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def resolve(path: str) -> Callable[..., Any]:
+    """Return the function a dotted path names."""
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+class JobQueue(Protocol):
+    """Where the engine puts work that takes seconds."""
+
+    def enqueue(self, func: str, *args: Any, job_id: str, timeout: int = constants.CHAT_JOB_TIMEOUT_S) -> bool:
+        """Enqueue `func(*args)` under `job_id`; return False if that job id was enqueued already."""
+        ...
+
+    def wait(self, job_ids: Iterable[str], timeout: float) -> bool:
+        """Block until every job has finished (or `timeout` passes); return whether all did."""
+        ...
+
+    def close(self) -> None:
+        """Stop taking jobs and release resources."""
+        ...
+
+
+class InProcessQueue:
+    """Runs jobs in background threads of this process: the embedded default, no servers."""
+
+    def __init__(self, workers: int = 2) -> None:
+        self._jobs: stdlib_queue.Queue[tuple[str, str, tuple[Any, ...]] | None] = stdlib_queue.Queue()
+        self._seen: set[str] = set()
+        self._pending: set[str] = set()
+        self._done = threading.Condition()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"threadwork-job-{n}", daemon=True) for n in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def enqueue(self, func: str, *args: Any, job_id: str, timeout: int = constants.CHAT_JOB_TIMEOUT_S) -> bool:
+        with self._done:
+            if job_id in self._seen:
+                return False
+            self._seen.add(job_id)
+            self._pending.add(job_id)
+        self._jobs.put((job_id, func, args))
+        return True
+
+    def wait(self, job_ids: Iterable[str] | None = None, timeout: float = constants.CONSOLE_DRAIN_TIMEOUT_S) -> bool:
+        """Block until the given jobs (default: every pending job) have finished."""
+        wanted = None if job_ids is None else set(job_ids)
+        deadline = time.monotonic() + timeout
+        with self._done:
+            while self._pending & wanted if wanted is not None else self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._done.wait(left)
+        return True
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+
+    def _work(self) -> None:
+        while (item := self._jobs.get()) is not None:
+            job_id, func, args = item
+            try:
+                resolve(func)(*args)
+            except Exception:  # boundary: one job; the job itself told the user
+                log.exception("job %s (%s) failed", job_id, func)
+            finally:
+                with self._done:
+                    self._pending.discard(job_id)
+                    self._done.notify_all()
+
+
+class RedisQueue:
+    """Enqueues jobs on Redis for `python -m bot worker` processes (real RQ workers)."""
+
+    def __init__(self, url: str, name: str = constants.QUEUE_NAME) -> None:
+        from redis import Redis
+        from redis.exceptions import RedisError
+        from rq import Queue
+
+        self._redis_error = RedisError
+        self.connection = Redis.from_url(url, socket_connect_timeout=3)
+        self.rq = Queue(name, connection=self.connection)
+
+    def enqueue(self, func: str, *args: Any, job_id: str, timeout: int = constants.CHAT_JOB_TIMEOUT_S) -> bool:
+        from rq.exceptions import DuplicateJobError
+
+        try:
+            self.rq.enqueue(func, *args, job_id=job_id, unique=True, job_timeout=timeout,
+                            result_ttl=3600, failure_ttl=7 * 86400)
+        except DuplicateJobError:
+            return False
+        except self._redis_error as exc:
+            raise QueueUnavailable(f"cannot reach Redis to queue the work ({type(exc).__name__}); is REDIS_URL right?") from None
+        return True
+
+    def wait(self, job_ids: Iterable[str], timeout: float) -> bool:
+        """Block on each job's result stream (no polling loop) until all have finished."""
+        from rq.job import Job
+        from rq.exceptions import NoSuchJobError
+
+        deadline = time.monotonic() + timeout
+        for job_id in job_ids:
+            try:
+                job = Job.fetch(job_id, connection=self.connection)
+            except NoSuchJobError:
+                continue
+            while job.latest_result(timeout=max(1, min(int(deadline - time.monotonic()), 60))) is None:
+                if time.monotonic() >= deadline:
+                    return False
+        return True
+
+    def close(self) -> None:
+        self.connection.close()

@@ -1,0 +1,57 @@
+"""The redaction step every outgoing text, log line and file passes through."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+
+REDACTED = "[redacted]"
+
+#: Shapes of credentials worth hiding even when they are not this bot's own.
+_TOKEN_SHAPES = re.compile(
+    r"(xox[abposr]-[A-Za-z0-9-]{10,}"  # Slack bot/user tokens
+    r"|xapp-[A-Za-z0-9-]{10,}"  # Slack app-level tokens
+    r"|sk-ant-[A-Za-z0-9_-]{10,}"  # Anthropic keys
+    r"|[MN][A-Za-z\d_-]{23,25}\.[A-Za-z\d_-]{6}\.[A-Za-z\d_-]{27,}"  # Discord bot tokens
+    r"|(?:postgres(?:ql)?|redis|rediss)(?:\+\w+)?://[^\s:@/]+:[^\s@/]+@)"  # URLs with passwords
+)
+
+
+class Redactor:
+    """Replaces known secret values and credential-shaped strings with `[redacted]`."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        """Return `text` with every secret replaced."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return _TOKEN_SHAPES.sub(REDACTED, text)
+
+    def bytes(self, data: bytes) -> bytes:
+        """Return `data` with secrets replaced, when it is UTF-8 text; binary passes unchanged."""
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return data
+        redacted = self(text)
+        return data if redacted == text else redacted.encode("utf-8")
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that redacts the formatted message and any traceback text."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self._redact = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self._redact(record.getMessage())
+        record.args = None
+        if record.exc_info:
+            record.exc_text = self._redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True

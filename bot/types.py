@@ -1,0 +1,272 @@
+"""Platform-neutral types: what flows between adapters, the engine, plugins and workers.
+
+Adapters turn platform events into `Message` and implement `ChatPort`; everything else speaks
+only these types.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from bot.engine import Engine
+
+
+def utcnow() -> datetime:
+    """Return the current time as an aware UTC datetime."""
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class ThreadRef:
+    """Where a conversation lives: a platform, a channel and a thread in it."""
+
+    platform: str
+    channel: str
+    thread: str
+
+    def __str__(self) -> str:
+        return f"{self.platform}:{self.channel}:{self.thread}"
+
+
+@dataclass(frozen=True)
+class Message:
+    """One incoming chat message, as an adapter hands it to `Engine.dispatch`."""
+
+    where: ThreadRef
+    text: str
+    user_id: str
+    user_name: str = ""
+    #: The platform's id of this message (Slack ts, Discord snowflake); de-duplicates it.
+    external_id: str | None = None
+    #: True in a direct message with the bot.
+    is_direct: bool = False
+    received_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A thread the bot takes part in, as stored."""
+
+    id: int
+    where: ThreadRef
+    title: str = ""
+    agent_session_id: str | None = None
+    forked_from_id: int | None = None
+
+
+class Route(str, enum.Enum):
+    """What the bot does with a message."""
+
+    COMMAND = "command"  #: run a chat command now, in dispatch
+    DIRECT = "direct"  #: answer in chat with the LLM, in a job
+    AGENT = "agent"  #: summon the coding agent, in a job
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    """A router's verdict on one message: the route, who decided it and how sure it was."""
+
+    route: Route
+    stage: str
+    confidence: float
+    reason: str
+    #: For Route.COMMAND: the command's name and the rest of the line.
+    command: str | None = None
+    argument: str = ""
+    #: The text the chosen route should act on (an override like `/agent fix it` strips
+    #: its prefix); None means the message's own text.
+    text: str | None = None
+    #: A tentative decision is the cheap chain's fallback: a worker may ask the LLM stage
+    #: before acting on it.
+    tentative: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the decision as plain JSON-ready values."""
+        return {
+            "route": self.route.value,
+            "stage": self.stage,
+            "confidence": round(self.confidence, 3),
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class Reply:
+    """Something the bot posts or edits into a thread: markdown text and, for a run, its status."""
+
+    text: str
+    status: RunStatus | None = None
+    #: True while the message will be edited again (an answer still streaming, a run going on).
+    partial: bool = False
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A file to upload into a thread."""
+
+    filename: str
+    data: bytes
+    title: str = ""
+    comment: str = ""
+
+
+@runtime_checkable
+class ChatPort(Protocol):
+    """What the engine and workers need from a platform: post, edit, upload.
+
+    Implementations raise `bot.errors.RateLimited` when the platform asks them to wait, and
+    never block other threads while waiting.
+    """
+
+    platform: str
+
+    def post(self, where: ThreadRef, reply: Reply) -> str:
+        """Post a reply in the thread; return the platform's id of the new message."""
+        ...
+
+    def edit(self, where: ThreadRef, message_id: str, reply: Reply) -> None:
+        """Replace the content of a message the bot posted earlier."""
+        ...
+
+    def upload(self, where: ThreadRef, attachment: Attachment) -> str:
+        """Upload a file into the thread; return the platform's id of the file."""
+        ...
+
+
+class RunState(str, enum.Enum):
+    """Where an agent run is in its life."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (RunState.DONE, RunState.FAILED, RunState.CANCELLED)
+
+
+class EventKind(str, enum.Enum):
+    """The kinds of typed event an agent run produces."""
+
+    STEP = "step"
+    TOOL = "tool"
+    TEXT = "text"
+    TOKENS = "tokens"
+    ERROR = "error"
+    STATE = "state"
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """One typed event of an agent run, parsed from the agent's output."""
+
+    kind: EventKind
+    #: For TOOL: the tool's name (write, bash, ...); for STATE: the new state.
+    name: str = ""
+    #: Short human text: a tool's title, a text part, an error message.
+    text: str = ""
+    #: For TOOL: "completed" or "error".
+    status: str = ""
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+    #: The agent's raw event, kept for the log file; never shown whole in chat.
+    raw: dict[str, Any] = field(default_factory=dict)
+    at: datetime = field(default_factory=utcnow)
+
+
+@dataclass
+class RunStatus:
+    """Everything the status message of one run shows; rendered by `bot.progress`."""
+
+    run_id: int
+    state: RunState
+    agent: str
+    requested_by: str = ""
+    elapsed_s: float = 0.0
+    queue_position: int = 0
+    checklist: list[tuple[str, bool | None]] = field(default_factory=list)
+    hidden_items: int = 0
+    latest_text: str = ""
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class AgentRun:
+    """An agent run as stored: who asked for what, in which conversation, and where it is."""
+
+    id: int
+    conversation_id: int
+    agent: str
+    prompt: str
+    state: RunState
+    requested_by: str = ""
+    status_message_id: str | None = None
+    session_id: str | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class MemoryItem:
+    """Something recalled for the model: a text, where it came from, and its size in tokens."""
+
+    text: str
+    source: str
+    tokens: int
+    score: float = 0.0
+
+
+@dataclass(frozen=True)
+class CommandContext:
+    """What a chat command handler gets: the message, its conversation and the engine."""
+
+    message: Message
+    conversation: Conversation
+    argument: str
+    engine: Engine
+    #: The stored id of the command's own message.
+    message_id: int
+    match: re.Match[str] | None = None
+
+
+CommandHandler = Callable[[CommandContext], "str | Reply | None"]
+
+
+@dataclass(frozen=True)
+class Command:
+    """A chat command a plugin registers: `/name argument` or a line matching `pattern`.
+
+    Handlers run inside `dispatch`, so they must be quick (database reads, a short reply);
+    anything slow belongs in a job.
+    """
+
+    name: str
+    help: str
+    handler: CommandHandler
+    usage: str = ""
+    #: A regular expression that also triggers the command on a plain chat line.
+    pattern: re.Pattern[str] | None = None
+    #: The manifest permission a user needs (see `permissions` in manifest.yml).
+    permission: str | None = None
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One stored message of a thread, as history for people and models."""
+
+    id: int
+    role: str
+    author: str
+    text: str
+    created_at: datetime
+    route: str | None = None

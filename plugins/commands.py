@@ -1,0 +1,97 @@
+"""The built-in chat commands: the thread's 'resource browser' (help, history, threads, runs, files)."""
+
+from __future__ import annotations
+
+from bot import constants
+from bot.db.repositories import Conversations, Resources, Runs
+from bot.errors import CommandError
+from bot.hookspecs import hookimpl
+from bot.types import Command, CommandContext
+
+
+def help_text(context: CommandContext) -> str:
+    """List every command and the two route overrides."""
+    lines = [f"**{context.engine.manifest.name}** - talk to me in this thread. Commands:"]
+    for command in sorted(context.engine.commands.values(), key=lambda c: c.name):
+        if command.pattern is not None and not command.usage:
+            continue  # chat-line patterns (greetings, thanks) are not commands to type
+        usage = command.usage or f"/{command.name}"
+        lines.append(f"- `{usage}` - {command.help}")
+    lines.append("- `/agent <task>` - send the coding agent to work on a task in this thread's workspace")
+    lines.append("- `/ask <question>` - answer in chat, never starting the agent")
+    lines.append("Anything else: I decide whether to answer or to start the agent.")
+    return "\n".join(lines)
+
+
+def history(context: CommandContext) -> str:
+    """Show the thread's last messages."""
+    limit = _count(context.argument, constants.HISTORY_DEFAULT_ROWS)
+    entries = context.engine.history(context.conversation.id, limit, before_id=context.message_id)
+    if not entries:
+        return "This thread has no history yet."
+    lines = [f"Last {len(entries)} message(s) in this thread:"]
+    for entry in entries:
+        when = entry.created_at.strftime("%Y-%m-%d %H:%M")
+        first_line = entry.text.strip().splitlines()[0] if entry.text.strip() else ""
+        lines.append(f"- {when} **{entry.author}**: {first_line[:200]}")
+    return "\n".join(lines)
+
+
+def threads(context: CommandContext) -> str:
+    """List the channel's conversations, most recent first."""
+    where = context.conversation.where
+    with context.engine.db.session() as session:
+        rows = Conversations(session).in_channel(where.platform, where.channel)
+    lines = ["Threads in this channel:"]
+    for conversation, count in rows:
+        marker = " (this one)" if conversation.id == context.conversation.id else ""
+        lines.append(f"- `{conversation.where.thread}` {conversation.title[:60]!r} - {count} message(s){marker}")
+    return "\n".join(lines)
+
+
+def runs(context: CommandContext) -> str:
+    """List the thread's latest agent runs."""
+    with context.engine.db.session() as session:
+        latest = Runs(session).in_conversation(context.conversation.id)
+    if not latest:
+        return "No agent runs in this thread yet. Start one with `/agent <task>`."
+    lines = ["Agent runs in this thread:"]
+    for run in latest:
+        lines.append(f"- run {run.id} ({run.agent}) **{run.state.value}** - {run.prompt[:80]}")
+    return "\n".join(lines)
+
+
+def files(context: CommandContext) -> str:
+    """List the files agents made in this thread."""
+    with context.engine.db.session() as session:
+        rows = Resources(session).in_conversation(context.conversation.id)
+        listing = [(r.path, r.size, r.run_id) for r in rows]
+    if not listing:
+        return "No files in this thread yet."
+    lines = ["Files in this thread:"]
+    for path, size, run_id in listing:
+        lines.append(f"- `{path}` ({size:,} bytes, run {run_id})")
+    return "\n".join(lines)
+
+
+def _count(argument: str, default: int) -> int:
+    if not argument.strip():
+        return default
+    try:
+        value = int(argument.strip())
+    except ValueError:
+        raise CommandError(f"`{argument.strip()}` is not a number of messages.") from None
+    if not 1 <= value <= 200:
+        raise CommandError("Ask for between 1 and 200 messages.")
+    return value
+
+
+@hookimpl
+def register_commands() -> list[Command]:
+    return [
+        Command("help", "list the commands", help_text),
+        Command("history", "show this thread's last messages", history, usage="/history [count]"),
+        Command("threads", "list this channel's threads", threads),
+        Command("runs", "list this thread's agent runs", runs),
+        Command("files", "list the files agents made in this thread", files),
+    ]

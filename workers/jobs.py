@@ -1,0 +1,77 @@
+"""RQ job functions: module-level, taking ids and plain values, idempotent when run twice.
+
+The same functions run in `python -m bot worker` processes (Redis) and in the console bot's
+in-process worker.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from bot import engine as engine_module
+from bot.db.repositories import Conversations, Messages
+from bot.engine import Engine
+from bot.errors import UserFacingError
+from bot.types import Conversation, Message, Route, RouteDecision
+
+log = logging.getLogger(__name__)
+
+NO_MODEL_CONFIGURED = (
+    "I can't answer that in chat yet: no language model is configured. Set `ANTHROPIC_API_KEY` "
+    "in the bot's environment (see the README, Configuration), or send the coding agent with "
+    "`/agent <task>`."
+)
+
+
+def handle_message(message_id: int, route: str, text: str, tentative: bool) -> None:
+    """Finish a message that `dispatch` routed to a direct answer or the agent."""
+    engine = engine_module.current()
+    with engine.db.session() as session:
+        messages = Messages(session)
+        if messages.answered(message_id):
+            log.info("message %s was answered already; nothing to do", message_id)
+            return
+        entry, conversation_id, user_id = messages.get(message_id)
+        conversation = Conversations(session).get(conversation_id)
+    message = Message(where=conversation.where, text=text, user_id=user_id, user_name=entry.author,
+                      external_id=None, received_at=entry.created_at)
+    try:
+        decided = Route(route)
+        if tentative:
+            decided = _classify(engine, message_id, message, conversation, decided)
+        if decided == Route.AGENT:
+            _start_agent(engine, message_id, message, conversation)
+        else:
+            _answer(engine, message_id, message, conversation)
+    except UserFacingError as exc:
+        engine.say(conversation, str(exc), reply_to=message_id)
+    except Exception:  # boundary: one job
+        log.exception("handling message %s failed", message_id)
+        engine.say(conversation, "Sorry, something went wrong while answering; the error is in the bot's log.",
+                   reply_to=message_id)
+
+
+def _classify(engine: Engine, message_id: int, message: Message, conversation: Conversation, route: Route) -> Route:
+    tentative = RouteDecision(route, "fallback", 0.5, "tentative", tentative=True)
+    better = engine.hook.classify_message(message=message, conversation=conversation, tentative=tentative)
+    if better is None:
+        return route
+    with engine.db.session() as session:
+        Messages(session).record_decision(message_id, better)
+    return better.route
+
+
+def _answer(engine: Engine, message_id: int, message: Message, conversation: Conversation) -> None:
+    memories = engine.recall(message, conversation, engine.manifest.llm.context_budget_tokens)
+    answer = engine.hook.answer_message(message=message, conversation=conversation, memories=memories,
+                                        engine=engine, reply_to=message_id)
+    if answer is None:
+        engine.say(conversation, NO_MODEL_CONFIGURED, reply_to=message_id)
+        return
+    engine.hook.remember(message=message, conversation=conversation, reply=answer)
+
+
+def _start_agent(engine: Engine, message_id: int, message: Message, conversation: Conversation) -> None:
+    from workers.agent_run import start_run
+
+    start_run(engine, message_id, message, conversation)
