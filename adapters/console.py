@@ -13,6 +13,7 @@ import io
 import itertools
 import json
 import logging
+import secrets
 import sys
 import threading
 from collections.abc import Iterable
@@ -126,10 +127,12 @@ class ConsolePort:
     def __init__(self, view: View, files_dir: Path) -> None:
         self._view = view
         self._files_dir = files_dir
+        # Ids are unique across sessions, as a platform's are: the database keys replies by them.
+        self._session = secrets.token_hex(2)
         self._ids = itertools.count(1)
 
     def post(self, where: ThreadRef, reply: Reply) -> str:
-        message_id = f"c{next(self._ids)}"
+        message_id = f"{self._session}-{next(self._ids)}"
         self._view.show(message_id, reply, edited=False)
         return message_id
 
@@ -138,7 +141,7 @@ class ConsolePort:
 
     def upload(self, where: ThreadRef, attachment: Attachment) -> str:
         path = save_file(self._files_dir, where, attachment)
-        file_id = f"f{next(self._ids)}"
+        file_id = f"{self._session}-f{next(self._ids)}"
         self._view.show_file(file_id, attachment.filename, len(attachment.data), path)
         return file_id
 
@@ -271,7 +274,7 @@ class ConsoleChat:
             if not queue.wait(waiting, timeout):
                 self.view.notice("Stopped waiting: some work is still in progress; see /runs later.")
                 break
-            with self.engine.db.session() as session:
+            with self.engine.db.reading() as session:
                 conversation_runs = self._active_run_jobs(session)
             waiting = [job for job in conversation_runs if job not in self._jobs]
             self._jobs.extend(waiting)

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from bot.config import Settings, load_manifest
+from bot.config import Settings, load_manifest, missing_credentials
 from bot.errors import UserFacingError
 from bot.logs import setup_logging
 from bot.redaction import Redactor
@@ -88,25 +88,22 @@ def run() -> None:
 
     settings = _settings()
     manifest = load_manifest(settings.manifest_path)
-    ready, missing = [], []
-    for platform, module_name in PLATFORM_ADAPTERS.items():
-        if not getattr(manifest.platforms, platform).enabled:
-            continue
-        module = importlib.import_module(module_name)
-        lacking = module.missing_credentials(manifest, settings)
-        (missing if lacking else ready).append((platform, module, lacking))
+    enabled = [p for p in PLATFORM_ADAPTERS if getattr(manifest.platforms, p).enabled]
+    lacking = {p: missing_credentials(p, manifest, settings) for p in enabled}
+    ready = [p for p in enabled if not lacking[p]]
     if not ready:
         click.echo("No platform adapter can start: none is enabled with its credentials.", err=True)
-        for platform, _module, lacking in missing:
-            click.echo(f"  {platform}: set {', '.join(lacking)}", err=True)
+        for platform in enabled:
+            click.echo(f"  {platform}: set {', '.join(lacking[platform])}", err=True)
         click.echo("See the README (Slack, Discord). For a local chat with no tokens: python -m bot chat", err=True)
         sys.exit(1)
+    for platform in enabled:
+        if lacking[platform]:
+            click.echo(f"{platform}: not started (set {', '.join(lacking[platform])})", err=True)
     engine = Engine.from_settings(settings)
     set_current(engine)
-    for platform, _module, lacking in missing:
-        click.echo(f"{platform}: not started (set {', '.join(lacking)})", err=True)
     try:
-        _run_adapters(engine, [module for _platform, module, _lacking in ready])
+        _run_adapters(engine, [importlib.import_module(PLATFORM_ADAPTERS[p]) for p in ready])
     finally:
         engine.close()
 

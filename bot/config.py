@@ -226,3 +226,14 @@ def resolve_agent_binary(manifest: Manifest, settings: Settings) -> Path | None:
             return candidate.resolve()
     found = shutil.which("opencode")
     return Path(found) if found else None
+
+
+def missing_credentials(platform: str, manifest: Manifest, settings: Settings) -> list[str]:
+    """Return the environment variables the platform's adapter needs and does not have."""
+    if platform == "slack":
+        needed = ["SLACK_BOT_TOKEN", "SLACK_APP_TOKEN" if manifest.platforms.slack.mode == "socket" else "SLACK_SIGNING_SECRET"]
+    elif platform == "discord":
+        needed = ["DISCORD_TOKEN"]
+    else:
+        needed = []
+    return [name for name in needed if not settings.get(name)]

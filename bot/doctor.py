@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 
-from bot.config import Manifest, Settings, load_manifest, resolve_agent_binary
+from bot.config import Manifest, Settings, load_manifest, missing_credentials, resolve_agent_binary
 from bot.db import Database, safe_url
 from bot.errors import ConfigError, DatabaseUnavailable
 
@@ -42,13 +42,12 @@ def _platform_checks(manifest: Manifest, settings: Settings) -> list[Check]:
     checks = []
     platforms = manifest.platforms
     if platforms.slack.enabled:
-        needed = ["SLACK_BOT_TOKEN", "SLACK_APP_TOKEN" if platforms.slack.mode == "socket" else "SLACK_SIGNING_SECRET"]
-        missing = [name for name in needed if not settings.get(name)]
+        missing = missing_credentials("slack", manifest, settings)
         checks.append(Check("slack", None if missing else True,
                             f"missing {', '.join(missing)}" if missing else f"credentials present ({platforms.slack.mode} mode)",
                             "create the app from `python -m bot manifest slack` and export the tokens" if missing else ""))
     if platforms.discord.enabled:
-        present = bool(settings.get("DISCORD_TOKEN"))
+        present = not missing_credentials("discord", manifest, settings)
         checks.append(Check("discord", True if present else None,
                             "DISCORD_TOKEN present" if present else "missing DISCORD_TOKEN",
                             "" if present else "create a Discord application and export DISCORD_TOKEN"))

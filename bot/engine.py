@@ -18,9 +18,10 @@ import pluggy
 from bot import constants
 from bot.config import Manifest, Settings, load_manifest
 from bot.db import Database
-from bot.db.repositories import Conversations, Messages, Participants
+from bot.db.inbox import Inbox
+from bot.db.repositories import Messages
 from bot.memory import within_budget
-from bot.errors import ConfigError, PermissionDenied, UserFacingError
+from bot.errors import ConfigError, DuplicateEvent, PermissionDenied, UserFacingError
 from bot.plugins import make_plugin_manager
 from bot.queue import InProcessQueue, JobQueue, RedisQueue
 from bot.redaction import Redactor
@@ -75,6 +76,7 @@ class Engine:
         self.pm = pm
         self.hook = pm.hook
         self.redact = Redactor(settings.secret_values)
+        self.inbox = Inbox(db.engine)
         self._ports: dict[str, ChatPort] = {}
         self._ports_lock = threading.Lock()
         self.commands: dict[str, Command] = {}
@@ -106,14 +108,23 @@ class Engine:
     # -- the funnel -------------------------------------------------------------------------
 
     def dispatch(self, message: Message) -> Dispatched:
-        """Persist the message, route it cheaply, then run its command or enqueue its job."""
-        stored = self.persist_and_route(message)
-        decision = stored.decision
-        if stored.duplicate or decision is None:
-            return stored
-        conversation, message_id = stored.conversation, stored.message_id
-        if decision.route == Route.COMMAND:
-            self._run_command(message, conversation, decision, message_id)
+        """Route the message cheaply, persist it, then answer its command or enqueue its job.
+
+        One transaction stores the message, its routing decision and, for a command, the reply;
+        the reply is posted after the commit.
+        """
+        conversation = self.inbox.conversation(message.where, message.text[:80])
+        if message.external_id is not None and (known := self.inbox.find(conversation.id, message.external_id)):
+            return Dispatched(known, conversation, None, duplicate=True)
+        decision = self.hook.route_message(message=message, conversation=conversation, engine=self)
+        reply = self._run_command(message, conversation, decision) if decision.route == Route.COMMAND else None
+        try:
+            message_id, reply_id = self._store(message, conversation, decision, reply)
+        except DuplicateEvent:
+            return Dispatched(self.inbox.find(conversation.id, message.external_id or ""), conversation, None,
+                              duplicate=True)
+        if reply is not None:
+            self._post_stored(conversation, reply, reply_id)
             return Dispatched(message_id, conversation, decision)
         job_id = f"message-{message_id}"
         self.queue.enqueue(
@@ -128,43 +139,57 @@ class Engine:
         return Dispatched(message_id, conversation, decision, job_id=job_id)
 
     def persist_and_route(self, message: Message) -> Dispatched:
-        """Store the message and its cheap routing decision in one transaction; act on nothing."""
-        with self.db.session() as session:
-            conversation = Conversations(session).ensure(message.where, title=message.text[:80])
-            participant_id = Participants(session).touch(conversation.id, message.user_id, message.user_name)
-            message_id, is_new = Messages(session).add(
-                conversation.id,
-                "user",
-                message.text,
-                external_id=message.external_id,
-                participant_id=participant_id,
-                created_at=message.received_at,
-            )
-            if not is_new:
-                return Dispatched(message_id, conversation, None, duplicate=True)
-            decision = self.hook.route_message(message=message, conversation=conversation, engine=self)
-            Messages(session).record_decision(message_id, decision)
+        """Route the message cheaply and store it with its decision; act on nothing."""
+        conversation = self.inbox.conversation(message.where, message.text[:80])
+        decision = self.hook.route_message(message=message, conversation=conversation, engine=self)
+        try:
+            message_id, _ = self._store(message, conversation, decision, None)
+        except DuplicateEvent:
+            return Dispatched(self.inbox.find(conversation.id, message.external_id or ""), conversation, None,
+                              duplicate=True)
         return Dispatched(message_id, conversation, decision)
 
-    def _run_command(self, message: Message, conversation: Conversation, decision: RouteDecision, message_id: int) -> None:
+    def _store(self, message: Message, conversation: Conversation, decision: RouteDecision,
+               reply: Reply | None) -> tuple[int, int | None]:
+        inbox = self.inbox
+        participant_id = inbox.participant(conversation.id, message.user_id, message.user_name)
+        with inbox.transaction() as cursor:
+            message_id = inbox.add_message(cursor, conversation.id, "user", message.text,
+                                           external_id=message.external_id, participant_id=participant_id,
+                                           created_at=message.received_at)
+            inbox.record_decision(cursor, message_id, decision)
+            reply_id = None
+            if reply is not None:
+                reply_id = inbox.add_message(cursor, conversation.id, "assistant", reply.text, reply_to_id=message_id)
+        return message_id, reply_id
+
+    def _run_command(self, message: Message, conversation: Conversation, decision: RouteDecision) -> Reply:
         command = self.commands.get(decision.command or "")
         if command is None:
-            self.say(conversation, f"I don't know the command `{decision.command}`. Type `help` for the list.",
-                     reply_to=message_id)
-            return
+            return Reply(f"I don't know the command `{decision.command}`. Type `help` for the list.")
         try:
             if command.permission and not self.manifest.allows(command.permission, message.user_id):
                 raise PermissionDenied(f"You are not allowed to use `{command.name}` here ({command.permission} permission).")
             match = command.pattern.search(message.text) if command.pattern else None
-            context = CommandContext(message, conversation, decision.argument, self, message_id, match)
-            result = command.handler(context)
+            result = command.handler(CommandContext(message, conversation, decision.argument, self, match))
         except UserFacingError as exc:
             result = str(exc)
         except Exception:  # boundary: one incoming message
             log.exception("command %s failed", command.name)
             result = f"Sorry, `{command.name}` failed unexpectedly; the error is in the bot's log."
-        if result:
-            self.say(conversation, result if isinstance(result, Reply) else Reply(result), reply_to=message_id)
+        if isinstance(result, Reply):
+            return self._redacted(result)
+        return self._redacted(result or f"Done: `{command.name}`.")
+
+    def _post_stored(self, conversation: Conversation, reply: Reply, reply_id: int | None) -> None:
+        """Post a reply already stored; if the platform refuses it, the stored row goes too."""
+        try:
+            self.port_for(conversation.where.platform).post(conversation.where, reply)
+        except Exception:  # boundary: the platform call for one message
+            log.exception("posting a command reply to %s failed", conversation.where)
+            if reply_id is not None:
+                with self.inbox.transaction() as cursor:
+                    self.inbox.delete_message(cursor, reply_id)
 
     # -- the thread: everything posted goes through redaction and is persisted -------------------
 
@@ -172,8 +197,9 @@ class Engine:
         """Post a reply into the conversation's thread, store it, and return its message id."""
         reply = self._redacted(reply)
         message_id = self.port_for(conversation.where.platform).post(conversation.where, reply)
-        with self.db.session() as session:
-            Messages(session).add(conversation.id, "assistant", reply.text, external_id=message_id, reply_to_id=reply_to)
+        with self.inbox.transaction() as cursor:
+            self.inbox.add_message(cursor, conversation.id, "assistant", reply.text, external_id=message_id,
+                                   reply_to_id=reply_to)
         return message_id
 
     def edit(self, conversation: Conversation, message_id: str, reply: Reply | str, *, final: bool = False,
@@ -219,7 +245,7 @@ class Engine:
     def history(self, conversation_id: int, limit: int = constants.HISTORY_DEFAULT_ROWS,
                 before_id: int | None = None) -> list[HistoryEntry]:
         """Return the conversation's last messages, oldest first."""
-        with self.db.session() as session:
+        with self.db.reading() as session:
             return Messages(session).recent(conversation_id, limit, before_id)
 
     def recall(self, message: Message, conversation: Conversation, budget_tokens: int) -> list[MemoryItem]:

@@ -104,6 +104,11 @@ class RedisQueue:
 
         self._redis_error = RedisError
         self.connection = Redis.from_url(url, socket_connect_timeout=3)
+        try:
+            self.connection.ping()
+        except RedisError as exc:
+            raise QueueUnavailable(f"cannot reach Redis at REDIS_URL ({type(exc).__name__}); start redis-server "
+                                   "or unset REDIS_URL to run jobs in-process") from None
         self.rq = Queue(name, connection=self.connection)
 
     def enqueue(self, func: str, *args: Any, job_id: str, timeout: int = constants.CHAT_JOB_TIMEOUT_S) -> bool:

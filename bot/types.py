@@ -234,8 +234,6 @@ class CommandContext:
     conversation: Conversation
     argument: str
     engine: Engine
-    #: The stored id of the command's own message.
-    message_id: int
     match: re.Match[str] | None = None
 
 

@@ -26,7 +26,8 @@ def help_text(context: CommandContext) -> str:
 def history(context: CommandContext) -> str:
     """Show the thread's last messages."""
     limit = _count(context.argument, constants.HISTORY_DEFAULT_ROWS)
-    entries = context.engine.history(context.conversation.id, limit, before_id=context.message_id)
+    # Commands run before their own message is stored: this is the history before `/history`.
+    entries = context.engine.history(context.conversation.id, limit)
     if not entries:
         return "This thread has no history yet."
     lines = [f"Last {len(entries)} message(s) in this thread:"]
@@ -40,7 +41,7 @@ def history(context: CommandContext) -> str:
 def threads(context: CommandContext) -> str:
     """List the channel's conversations, most recent first."""
     where = context.conversation.where
-    with context.engine.db.session() as session:
+    with context.engine.db.reading() as session:
         rows = Conversations(session).in_channel(where.platform, where.channel)
     lines = ["Threads in this channel:"]
     for conversation, count in rows:
@@ -51,7 +52,7 @@ def threads(context: CommandContext) -> str:
 
 def runs(context: CommandContext) -> str:
     """List the thread's latest agent runs."""
-    with context.engine.db.session() as session:
+    with context.engine.db.reading() as session:
         latest = Runs(session).in_conversation(context.conversation.id)
     if not latest:
         return "No agent runs in this thread yet. Start one with `/agent <task>`."
@@ -63,7 +64,7 @@ def runs(context: CommandContext) -> str:
 
 def files(context: CommandContext) -> str:
     """List the files agents made in this thread."""
-    with context.engine.db.session() as session:
+    with context.engine.db.reading() as session:
         rows = Resources(session).in_conversation(context.conversation.id)
         listing = [(r.path, r.size, r.run_id) for r in rows]
     if not listing:

@@ -24,6 +24,8 @@ from bot.errors import DatabaseUnavailable
 from bot.redaction import Redactor
 
 log = logging.getLogger(__name__)
+#: Execution option that marks a connection's transactions as read-only (see `reading`).
+READ_ONLY = "threadwork_read_only"
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
@@ -34,11 +36,22 @@ class Database:
         self.url = url
         self.engine = _create_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._readers = sessionmaker(self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         """Yield a session inside one transaction: committed on success, rolled back on error."""
         session = self._sessions()
+        try:
+            with session.begin():
+                yield session
+        finally:
+            session.close()
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """Yield a session for reads only: on SQLite it never waits for the write lock."""
+        session = self._readers()
         try:
             with session.begin():
                 yield session
@@ -103,6 +116,7 @@ def _create_engine(url: str) -> SqlEngine:
                 parsed, connect_args={"timeout": constants.SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
             )
             event.listen(engine, "connect", _sqlite_pragmas)
+            event.listen(engine, "begin", _sqlite_begin)
             return engine
         return create_engine(parsed, pool_pre_ping=True)
     except (NoSuchModuleError, ImportError) as exc:
@@ -112,9 +126,20 @@ def _create_engine(url: str) -> SqlEngine:
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    # Let SQLAlchemy, not pysqlite, start transactions, so SAVEPOINTs work (SQLAlchemy's
+    # "Serializable isolation / Savepoints / Transactional DDL" recipe for pysqlite).
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA busy_timeout={constants.SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _sqlite_begin(connection) -> None:
+    # IMMEDIATE takes the write lock up front: a read-then-write transaction then waits for
+    # the busy timeout instead of failing when another writer got in first. Read-only
+    # sessions begin DEFERRED, so (with WAL) they never wait for a writer.
+    read_only = connection.get_execution_options().get(READ_ONLY, False)
+    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

@@ -43,7 +43,7 @@ def recall(message: Message, conversation: Conversation, budget_tokens: int) -> 
     if not wanted:
         return []
     where = conversation.where
-    with _engine.db.session() as session:
+    with _engine.db.reading() as session:
         rows = session.execute(
             select(MemoryRow.text, MemoryRow.tokens)
             .join(ConversationRow, ConversationRow.id == MemoryRow.conversation_id)

@@ -23,8 +23,10 @@ def route_message(message: Message, engine: Engine) -> RouteDecision | None:
                 return RouteDecision(Route.COMMAND, "explicit", 1.0, f"/{name} without a request", command="help")
             return RouteDecision(OVERRIDES[name], "explicit", 1.0, f"/{name} override", text=argument)
         return RouteDecision(Route.COMMAND, "explicit", 1.0, f"/{name} command", command=name, argument=argument)
-    # A bare command name on its own ("help", "history") is a command too.
+    # A bare command name on its own ("help", "history") is a command too; chat-line
+    # commands (greetings) are left to the patterns stage.
     bare = text.lower().rstrip("?!.")
-    if bare in engine.commands:
+    command = engine.commands.get(bare)
+    if command is not None and command.pattern is None:
         return RouteDecision(Route.COMMAND, "explicit", 1.0, f"bare {bare!r} command", command=bare)
     return None

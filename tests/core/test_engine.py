@@ -1,0 +1,231 @@
+"""The engine's funnel and its hooks, called with their documented semantics."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+from bot.db.repositories import Memories, Messages
+from bot.engine import Engine
+from bot.hookspecs import hookimpl
+from bot.types import Attachment, Message, Reply, Route, RouteDecision, ThreadRef
+from tests.conftest import make_settings
+
+WHERE = ThreadRef("test", "C1", "T1")
+
+
+class RecordingPort:
+    """A chat port that keeps what the bot posted, as a platform would show it."""
+
+    platform = "test"
+
+    def __init__(self) -> None:
+        self.posts: list[str] = []
+        self.edits: list[tuple[str, str]] = []
+        self.files: list[Attachment] = []
+
+    def post(self, where: ThreadRef, reply: Reply) -> str:
+        self.posts.append(reply.text)
+        return f"m{len(self.posts)}"
+
+    def edit(self, where: ThreadRef, message_id: str, reply: Reply) -> None:
+        self.edits.append((message_id, reply.text))
+
+    def upload(self, where: ThreadRef, attachment: Attachment) -> str:
+        self.files.append(attachment)
+        return f"f{len(self.files)}"
+
+
+def message(text: str, user: str = "U1", external_id: str | None = None) -> Message:
+    return Message(where=WHERE, text=text, user_id=user, user_name="ana", external_id=external_id)
+
+
+def attached(engine: Engine) -> RecordingPort:
+    port = RecordingPort()
+    engine.attach_port(port)
+    return port
+
+
+def test_a_command_is_answered_in_dispatch_and_both_messages_are_stored(engine: Engine) -> None:
+    port = attached(engine)
+    dispatched = engine.dispatch(message("/help"))
+    assert dispatched.decision.route == Route.COMMAND and dispatched.job_id is None
+    assert "/history [count]" in port.posts[0]
+    history = engine.history(dispatched.conversation.id)
+    assert [(e.role, e.route) for e in history] == [("user", "command"), ("assistant", None)]
+
+
+def test_a_redelivered_message_is_not_handled_twice(engine: Engine) -> None:
+    port = attached(engine)
+    first = engine.dispatch(message("/help", external_id="ev-1"))
+    again = engine.dispatch(message("/help", external_id="ev-1"))
+    assert again.duplicate and again.message_id == first.message_id
+    assert len(port.posts) == 1
+
+
+def test_a_plain_question_is_enqueued_and_answered_by_the_job(engine: Engine) -> None:
+    port = attached(engine)
+    dispatched = engine.dispatch(message("why is the build slow?"))
+    assert dispatched.decision.stage == "fallback" and dispatched.decision.tentative
+    assert dispatched.job_id == f"message-{dispatched.message_id}"
+    assert engine.queue.wait([dispatched.job_id], 30)
+    assert "ANTHROPIC_API_KEY" in port.posts[-1]
+    with engine.db.session() as session:
+        assert Messages(session).answered(dispatched.message_id)
+
+
+class AlwaysAgentRouter:
+    """A third-party router: everything not explicit goes to the agent."""
+
+    @hookimpl
+    def route_message(self, message: Message) -> RouteDecision:
+        return RouteDecision(Route.AGENT, "third-party", 0.9, "test plugin says so")
+
+
+def test_a_third_party_router_overrides_the_default_but_not_explicit_commands(engine: Engine) -> None:
+    attached(engine)
+    engine.pm.register(AlwaysAgentRouter(), name="always-agent")
+    plain = engine.dispatch(message("please look at the logs"))
+    assert (plain.decision.route, plain.decision.stage) == (Route.AGENT, "third-party")
+    explicit = engine.dispatch(message("/history"))
+    assert explicit.decision.stage == "explicit"
+
+
+class Classifier:
+    """An expensive stage that turns tentative decisions into agent runs."""
+
+    @hookimpl
+    def classify_message(self, message: Message, tentative: RouteDecision) -> RouteDecision:
+        assert tentative.tentative
+        return RouteDecision(Route.DIRECT, "llm", 0.95, "classified")
+
+
+def test_classify_message_replaces_a_tentative_decision_in_the_job(engine: Engine) -> None:
+    attached(engine)
+    engine.pm.register(Classifier(), name="classifier")
+    dispatched = engine.dispatch(message("hmm, thoughts on the retry logic?"))
+    engine.queue.wait([dispatched.job_id], 30)
+    with engine.db.session() as session:
+        assert Messages(session).decision(dispatched.message_id)["stage"] == "llm"
+
+
+class Answerer:
+    """A direct-answer plugin that streams two edits and returns the final text."""
+
+    @hookimpl
+    def answer_message(self, message: Message, conversation, memories, engine: Engine, reply_to: int) -> str:
+        self.memories = memories
+        message_id = engine.say(conversation, Reply("thinking…", partial=True))
+        engine.edit(conversation, message_id, Reply("The answer is 42."), final=True, reply_to=reply_to)
+        return "The answer is 42."
+
+
+def test_answer_message_streams_edits_and_remember_keeps_the_exchange(engine: Engine) -> None:
+    port = attached(engine)
+    answerer = Answerer()
+    engine.pm.register(answerer, name="answerer")
+    engine.dispatch(message("hello"))  # some thread history to recall
+    dispatched = engine.dispatch(message("what is the answer?"))
+    engine.queue.wait([dispatched.job_id], 30)
+    assert port.edits[-1][1] == "The answer is 42."
+    assert any("hello" in item.text for item in answerer.memories)  # thread history recalled
+    history = engine.history(dispatched.conversation.id)
+    assert history[-1].text == "The answer is 42."
+    with engine.db.session() as session:
+        assert Messages(session).answered(dispatched.message_id)
+        remembered = Memories(session).for_conversation(dispatched.conversation.id, kind="exchange")
+    assert "what is the answer?" in remembered[0].text and "42" in remembered[0].text
+
+
+def test_recall_brings_back_an_exchange_from_another_thread_of_the_channel(engine: Engine) -> None:
+    attached(engine)
+    other = Message(where=ThreadRef("test", "C1", "T0"), text="how do we deploy the billing service?",
+                    user_id="U2", user_name="bo")
+    first = engine.dispatch(other)
+    engine.hook.remember(message=other, conversation=first.conversation, reply="With `make deploy-billing`.")
+    asked = engine.dispatch(message("remind me how to deploy billing"))
+    per_plugin = engine.hook.recall(message=message("remind me how to deploy billing"),
+                                    conversation=asked.conversation, budget_tokens=500)
+    assert len(per_plugin) == 2  # thread history and channel notes both answered
+    items = engine.recall(message("remind me how to deploy billing"), asked.conversation, budget_tokens=500)
+    assert any("make deploy-billing" in item.text and item.source == "channel" for item in items)
+    assert sum(item.tokens for item in items) <= 500
+    tight = engine.recall(message("remind me how to deploy billing"), asked.conversation, budget_tokens=10)
+    assert sum(item.tokens for item in tight) <= 10
+
+
+def test_register_agents_and_startup_reach_every_plugin(engine: Engine) -> None:
+    seen = SimpleNamespace(started=None)
+
+    class AgentPlugin:
+        @hookimpl
+        def register_agents(self):
+            return [SimpleNamespace(name="echo-agent")]
+
+        @hookimpl
+        def startup(self, engine):
+            seen.started = engine
+
+    engine.pm.register(AgentPlugin(), name="agent-plugin")
+    engine.hook.startup(engine=engine)
+    assert seen.started is engine
+    names = [agent.name for agents in engine.hook.register_agents() for agent in agents]
+    assert "echo-agent" in names
+
+
+def test_report_progress_is_called_for_every_implementation(engine: Engine) -> None:
+    from bot.types import AgentRun, EventKind, RunEvent, RunState
+
+    received = []
+
+    class Observer:
+        @hookimpl
+        def report_progress(self, run, event):
+            received.append((run.id, event.kind))
+
+    engine.pm.register(Observer(), name="observer")
+    run = AgentRun(id=7, conversation_id=1, agent="x", prompt="p", state=RunState.RUNNING)
+    engine.hook.report_progress(run=run, event=RunEvent(EventKind.TEXT, text="hi"))
+    assert received == [(7, EventKind.TEXT)]
+
+
+def test_chat_port_hook_gives_workers_a_port_for_the_console_over_redis(tmp_path: Path, redis_url: str) -> None:
+    from adapters.console import RemoteConsolePort
+
+    built = Engine.from_settings(make_settings(tmp_path, REDIS_URL=redis_url), load_entrypoints=False)
+    try:
+        assert isinstance(built.hook.chat_port(platform="console", engine=built), RemoteConsolePort)
+        assert isinstance(built.port_for("console"), RemoteConsolePort)
+        assert built.hook.chat_port(platform="nowhere", engine=built) is None
+    finally:
+        built.close()
+
+
+def test_secrets_never_reach_the_chat(tmp_path: Path) -> None:
+    token = "xoxb-1111-2222-abcdefghijklmnop"
+    built = Engine.from_settings(make_settings(tmp_path, SLACK_BOT_TOKEN=token, ANTHROPIC_API_KEY="sk-ant-secret-value-123"),
+                                 load_entrypoints=False)
+    try:
+        port = attached(built)
+        conversation = built.dispatch(message("/help")).conversation
+        built.say(conversation, f"the token is {token} and the key is sk-ant-secret-value-123")
+        built.upload(conversation, Attachment("log.txt", f"token={token}\n".encode()))
+        assert token not in port.posts[-1] and "sk-ant-secret" not in port.posts[-1]
+        assert "[redacted]" in port.posts[-1]
+        assert port.files[-1].data == b"token=[redacted]\n"
+        assert token not in "".join(e.text for e in built.history(conversation.id))
+    finally:
+        built.close()
+
+
+def test_trace_plugins_logs_every_hook_call(tmp_path: Path, caplog) -> None:
+    built = Engine.from_settings(make_settings(tmp_path, BOT_TRACE_PLUGINS="1"), load_entrypoints=False)
+    try:
+        attached(built)
+        with caplog.at_level(logging.INFO, logger="bot.plugins"):
+            built.dispatch(message("/help"))
+        assert any("hook route_message(" in record.getMessage() for record in caplog.records)
+        assert any("hook route_message returned" in record.getMessage() for record in caplog.records)
+    finally:
+        built.close()

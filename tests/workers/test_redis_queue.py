@@ -1,0 +1,61 @@
+"""Jobs on a real redis-server, executed by a real `python -m bot worker` process."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from redis import Redis
+from rq.job import Job
+
+from tests.conftest import REPO, bot_env, run_bot
+
+
+def test_a_message_enqueued_on_redis_is_answered_by_a_worker_process(tmp_path: Path, redis_url: str) -> None:
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "bot", "worker", "--name", "test-worker-1"],
+        env=bot_env(tmp_path, REDIS_URL=redis_url), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        chat = run_bot(["chat"], tmp_path, input="what does the nightly job do?\n", REDIS_URL=redis_url)
+        assert chat.returncode == 0, chat.stderr
+        # The worker's answer travelled back to this terminal through Redis.
+        assert "ANTHROPIC_API_KEY" in chat.stdout
+
+        db = sqlite3.connect(tmp_path / "data" / "threadwork.db")
+        (message_id,) = db.execute("select id from messages where text = 'what does the nightly job do?'").fetchone()
+        replies = db.execute("select text from messages where reply_to_id = ?", (message_id,)).fetchall()
+        assert len(replies) == 1 and "ANTHROPIC_API_KEY" in replies[0][0]
+
+        job = Job.fetch(f"message-{message_id}", connection=Redis.from_url(redis_url))
+        assert job.get_status().value == "finished"
+        assert job.worker_name == "test-worker-1"
+    finally:
+        worker.terminate()
+        worker.wait(20)
+    assert worker.returncode is not None
+
+
+def test_the_same_job_id_is_not_enqueued_twice(redis_url: str) -> None:
+    from bot.queue import RedisQueue
+
+    queue = RedisQueue(redis_url, name="dedupe-test")
+    try:
+        assert queue.enqueue("workers.jobs.handle_message", 1, "direct", "x", False, job_id="message-dedupe-1")
+        assert not queue.enqueue("workers.jobs.handle_message", 1, "direct", "x", False, job_id="message-dedupe-1")
+        assert queue.rq.count == 1
+    finally:
+        queue.rq.empty()
+        queue.close()
+
+
+def test_an_unreachable_redis_is_one_plain_line(tmp_path: Path) -> None:
+    result = run_bot(["chat"], tmp_path, input="what is up?\n", REDIS_URL="redis://127.0.0.1:1/0")
+    assert result.stderr.splitlines() == [
+        "error: cannot reach Redis at REDIS_URL (ConnectionError); start redis-server or unset REDIS_URL to run "
+        "jobs in-process"
+    ]
+    assert result.returncode == 2
