@@ -311,3 +311,11 @@ class ConsoleChat:
                     continue
                 except EOFError:
                     return
+
+
+def remote_port(engine: Engine) -> RemoteConsolePort | None:
+    """Return the port a worker uses to reach console chats (over Redis), or None without Redis."""
+    settings = engine.settings
+    if not settings.redis_url:
+        return None
+    return RemoteConsolePort(settings.redis_url, settings.data_dir / "console-files")

@@ -18,6 +18,8 @@ from bot import constants
 from bot.errors import QueueUnavailable
 
 log = logging.getLogger(__name__)
+#: How long closing the in-process queue waits for jobs in progress.
+SHUTDOWN_TIMEOUT_S = 30
 
 
 def resolve(path: str) -> Callable[..., Any]:
@@ -77,9 +79,13 @@ class InProcessQueue:
                 self._done.wait(left)
         return True
 
-    def close(self) -> None:
+    def close(self, timeout: float = SHUTDOWN_TIMEOUT_S) -> None:
+        """Finish the jobs already taken, then stop the threads (waiting at most `timeout`)."""
         for _ in self._threads:
             self._jobs.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _work(self) -> None:
         while (item := self._jobs.get()) is not None:

@@ -229,3 +229,56 @@ def test_trace_plugins_logs_every_hook_call(tmp_path: Path, caplog) -> None:
         assert any("hook route_message returned" in record.getMessage() for record in caplog.records)
     finally:
         built.close()
+
+
+class PingPlugin:
+    """A third-party plugin adding a chat command."""
+
+    @hookimpl
+    def register_commands(self):
+        from bot.types import Command
+
+        return [Command("ping", "answer pong", lambda context: f"pong {context.argument}".strip(), usage="/ping [text]")]
+
+
+def test_register_commands_adds_a_plugin_command_to_dispatch_and_help(tmp_path: Path) -> None:
+    from bot.config import load_manifest
+    from bot.db import Database
+    from bot.plugins import make_plugin_manager
+    from bot.queue import InProcessQueue
+
+    settings = make_settings(tmp_path)
+    manifest = load_manifest(settings.manifest_path)
+    pm = make_plugin_manager(manifest, load_entrypoints=False)
+    pm.register(PingPlugin(), name="ping-plugin")
+    db = Database(settings.database_url)
+    db.migrate()
+    built = Engine(settings, manifest, db, InProcessQueue(), pm)
+    try:
+        port = attached(built)
+        names = [c.name for commands in built.hook.register_commands() for c in commands]
+        assert "ping" in names and "help" in names
+        built.dispatch(message("/ping hello"))
+        built.dispatch(message("help"))
+        assert port.posts[0] == "pong hello"
+        assert "`/ping [text]` - answer pong" in port.posts[1]
+    finally:
+        built.close()
+
+
+def test_manifest_modules_load_plugins_and_a_missing_one_is_a_config_error(tmp_path: Path) -> None:
+    import pytest
+
+    from bot.config import Manifest
+    from bot.errors import ConfigError
+    from bot.plugins import make_plugin_manager
+
+    pm = make_plugin_manager(Manifest.model_validate({"plugins": {"modules": ["bench.bench_plugin"]}}),
+                             load_entrypoints=False)
+    assert pm.get_plugin("bench.bench_plugin") is not None
+    with pytest.raises(ConfigError, match="plugins.modules: cannot import 'no_such_plugin_mod'"):
+        make_plugin_manager(Manifest.model_validate({"plugins": {"modules": ["no_such_plugin_mod"]}}),
+                            load_entrypoints=False)
+    blocked = make_plugin_manager(Manifest.model_validate({"plugins": {"disabled": ["plugins.smalltalk"]}}),
+                                  load_entrypoints=False)
+    assert blocked.get_plugin("plugins.smalltalk") is None

@@ -81,7 +81,9 @@ class Turn:
     ``content`` is assistant text (may be combined with tool calls, it is streamed first).
     ``usage`` is ``(prompt_tokens, completion_tokens)``; a default is computed when ``None``.
     ``delay`` sleeps before answering (seconds); ``chunk_delay`` between streamed chunks.
-    ``status``/``error`` make the server answer with an HTTP error instead.
+    ``status``/``error`` make the server answer with an HTTP error instead (opencode retries
+    those, 400 and 401 included, with ~2/4/8 s backoff). ``stream_error`` sends an error object
+    inside the SSE stream instead (``data: {"error": {...}}``), after any content.
     """
 
     content: str | None = None
@@ -91,6 +93,7 @@ class Turn:
     chunk_delay: float = 0.0
     status: int = 200
     error: str | None = None
+    stream_error: str | None = None
     reasoning: str | None = None
 
     # -- constructors --------------------------------------------------------------------
@@ -128,6 +131,10 @@ class Turn:
     def bash(cls, command: str, description: str | None = None, timeout_ms: int | None = None,
              workdir: str | None = None, **kw: Any) -> "Turn":
         return cls.tool("bash", bash_args(command, description, timeout_ms, workdir), **kw)
+
+    @classmethod
+    def in_stream_error(cls, message: str = "scripted stream failure", **kw: Any) -> "Turn":
+        return cls(stream_error=message, **kw)
 
     @classmethod
     def http_error(cls, status: int = 500, message: str = "scripted failure", **kw: Any) -> "Turn":
@@ -457,6 +464,12 @@ class FakeOpenAIServer:
                 for piece in _pieces(args):
                     await send(delta({"tool_calls": [{"index": i,
                                                       "function": {"arguments": piece}}]}))
+            if turn.stream_error:
+                err = {"error": {"message": turn.stream_error, "type": "server_error",
+                                 "code": "fake_error"}}
+                await resp.write(b"data: " + json.dumps(err).encode() + b"\n\n")
+                await resp.write_eof()
+                return resp
             await send([{"index": 0, "delta": {}, "finish_reason": finish}], usage=usage)
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()

@@ -58,10 +58,19 @@ def redis_server() -> Iterator[str]:
             process.wait(10)
 
 
+def _postgres_binary(name: str) -> str | None:
+    """Find a PostgreSQL server binary on PATH or where Debian's packages put it."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True)
+    return str(candidates[0]) if candidates else None
+
+
 @contextmanager
 def postgres_server() -> Iterator[str]:
     """Run a throw-away PostgreSQL cluster (initdb as the postgres user); yield its URL."""
-    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    initdb, pg_ctl = _postgres_binary("initdb"), _postgres_binary("pg_ctl")
     if not initdb or not pg_ctl:
         raise FileNotFoundError("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
     as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
