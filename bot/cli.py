@@ -73,9 +73,12 @@ def chat(thread: str | None, new_thread: bool) -> None:
     if new_thread:
         thread = datetime.now().strftime("t%Y%m%d-%H%M%S")
     console = ConsoleChat(engine, thread or constants.CONSOLE_DEFAULT_THREAD, interactive=interactive)
+    reaper = _in_process_reaper(engine)
     try:
         code = console.run(None)
     finally:
+        if reaper:
+            reaper.stop()
         engine.close()
     sys.exit(code)
 
@@ -102,10 +105,22 @@ def run() -> None:
             click.echo(f"{platform}: not started (set {', '.join(lacking[platform])})", err=True)
     engine = Engine.from_settings(settings)
     set_current(engine)
+    reaper = _in_process_reaper(engine)
     try:
         _run_adapters(engine, [importlib.import_module(PLATFORM_ADAPTERS[p]) for p in ready])
     finally:
+        if reaper:
+            reaper.stop()
         engine.close()
+
+
+def _in_process_reaper(engine: Any) -> Any:
+    """Start recovery of dead runs here when this process runs the jobs (no Redis workers)."""
+    if engine.settings.redis_url:
+        return None
+    from workers.reaper import Reaper
+
+    return Reaper(engine).start()
 
 
 def _run_adapters(engine: Any, modules: list[Any]) -> None:

@@ -96,6 +96,11 @@ class AgentSection(_Section):
     model: str | None = None
     timeout_seconds: int = Field(default=constants.AGENT_RUN_TIMEOUT_S, ge=10)
     allow_webfetch: bool = False
+    #: Environment variables passed through to the agent (its model provider's key, say);
+    #: the bot's own secrets are refused here.
+    pass_env: list[str] = Field(default_factory=list)
+    #: A running run whose worker has not reported for this long is marked failed.
+    stale_after_seconds: int = Field(default=constants.RUN_STALE_AFTER_S, ge=5)
 
 
 class ChannelSection(_Section):

@@ -38,6 +38,18 @@ AGENT_RUN_TIMEOUT_S = 900
 #: The RQ job gets this much on top of the run's own timeout, so the run can clean up and
 #: report before RQ kills the work-horse.
 AGENT_JOB_GRACE_S = 60
+#: A running agent run refreshes its heartbeat this often.
+RUN_HEARTBEAT_S = 5
+#: ...and is marked failed when its heartbeat is older than this (its worker died): well
+#: inside the minute after which a "running" status would look hung.
+RUN_STALE_AFTER_S = 30
+#: How often each worker process looks for runs of dead workers.
+REAPER_INTERVAL_S = 10
+#: At most this many changed files are attached to the thread after a run.
+RUN_MAX_ATTACHMENTS = 10
+#: Files larger than this are listed, not attached (Slack and Discord cap far lower per
+#: request on free plans anyway: Discord 10 MiB).
+RUN_MAX_ATTACHMENT_BYTES = 8 * 1024 * 1024
 #: Name of the RQ queue every Threadwork job goes to.
 QUEUE_NAME = "threadwork"
 

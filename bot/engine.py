@@ -16,6 +16,7 @@ from typing import Any
 import pluggy
 
 from bot import constants
+from bot.cancel import CancelSignals
 from bot.config import Manifest, Settings, load_manifest
 from bot.db import Database
 from bot.db.inbox import Inbox
@@ -77,6 +78,7 @@ class Engine:
         self.hook = pm.hook
         self.redact = Redactor(settings.secret_values)
         self.inbox = Inbox(db.engine)
+        self.cancels = CancelSignals(settings.redis_url)
         self._ports: dict[str, ChatPort] = {}
         self._ports_lock = threading.Lock()
         self.commands: dict[str, Command] = {}

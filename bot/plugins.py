@@ -22,6 +22,8 @@ DEFAULT_PLUGINS = (
     "plugins.routers.patterns",
     "plugins.routers.fallback",
     "plugins.commands",
+    "plugins.runs",
+    "plugins.agents.opencode",
     "plugins.smalltalk",
     "plugins.memory.thread_history",
     "plugins.memory.channel_notes",

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import enum
 import re
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -19,6 +21,11 @@ if TYPE_CHECKING:
 def utcnow() -> datetime:
     """Return the current time as an aware UTC datetime."""
     return datetime.now(timezone.utc)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """Return the datetime as aware UTC (SQLite hands back naive ones for aware columns)."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -268,3 +275,43 @@ class HistoryEntry:
     text: str
     created_at: datetime
     route: str | None = None
+
+
+@dataclass(frozen=True)
+class AgentTask:
+    """What an agent gets for one run: where to work, what to do, and the limits."""
+
+    run_id: int
+    workspace: Path
+    #: The whole task text: the request, recalled context and constraints.
+    prompt: str
+    #: The agent's own state (sessions, caches): one directory per conversation.
+    state_dir: Path
+    timeout_s: float
+    #: The agent session a follow-up continues, if any.
+    session_id: str | None = None
+    model: str | None = None
+    allow_webfetch: bool = False
+    #: Environment variables (beyond the basics) the agent may see; never the bot's secrets.
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AgentOutcome:
+    """How an agent run ended."""
+
+    session_id: str | None
+    final_text: str
+    error: str = ""
+    cancelled: bool = False
+    timed_out: bool = False
+
+
+class Agent(Protocol):
+    """A coding agent a plugin registers through `register_agents`."""
+
+    name: str
+
+    def run(self, task: AgentTask, on_event: Callable[[RunEvent], None], cancel: threading.Event) -> AgentOutcome:
+        """Run the task to its end (or until `cancel` is set), reporting each event; return how it ended."""
+        ...

@@ -5,6 +5,7 @@ from __future__ import annotations
 from bot import constants
 from bot.config import Settings
 from bot.engine import Engine, set_current
+from workers.reaper import Reaper
 
 
 def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None,
@@ -14,7 +15,11 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
 
     engine = Engine.from_settings(settings)
     set_current(engine)
+    reaper = Reaper(engine).start()
     connection = engine.queue.connection  # type: ignore[attr-defined]
     rq_worker = Worker([Queue(constants.QUEUE_NAME, connection=connection)], connection=connection, name=name)
-    rq_worker.work(burst=burst, with_scheduler=with_scheduler, logging_level="WARNING")
+    try:
+        rq_worker.work(burst=burst, with_scheduler=with_scheduler, logging_level="WARNING")
+    finally:
+        reaper.stop()
     return 0

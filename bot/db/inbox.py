@@ -120,6 +120,11 @@ class Inbox:
             self._conversations.remember(where, conversation)
         return conversation
 
+    def forget(self, where: ThreadRef) -> None:
+        """Drop a cached conversation, so its next use reads it again (its agent session changed)."""
+        with self._lock:
+            self._conversations.pop(where, None)
+
     def participant(self, conversation_id: int, user_id: str, name: str) -> int:
         """Return the participant's id, recording them on first sight or when their name changed."""
         key = (conversation_id, user_id)

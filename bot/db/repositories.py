@@ -291,6 +291,11 @@ class Runs:
         """Return the run with this id."""
         return _run(self.s.get_one(AgentRunRow, run_id))
 
+    def get_or_none(self, run_id: int) -> AgentRun | None:
+        """Return the run with this id, or None."""
+        row = self.s.get(AgentRunRow, run_id)
+        return _run(row) if row else None
+
     def row(self, run_id: int) -> AgentRunRow:
         """Return the run's row, for callers that need its timing and token columns."""
         return self.s.get_one(AgentRunRow, run_id)
@@ -357,6 +362,16 @@ class Runs:
         """Return the conversation's latest runs, newest first."""
         rows = self.s.scalars(
             select(AgentRunRow).where(AgentRunRow.conversation_id == conversation_id).order_by(AgentRunRow.id.desc()).limit(limit)
+        )
+        return [_run(row) for row in rows]
+
+    def stale(self, heartbeat_before: datetime) -> list[AgentRun]:
+        """Return running runs whose worker has not reported since `heartbeat_before`."""
+        rows = self.s.scalars(
+            select(AgentRunRow).where(
+                AgentRunRow.state == RunState.RUNNING.value,
+                func.coalesce(AgentRunRow.heartbeat_at, AgentRunRow.started_at) < heartbeat_before,
+            )
         )
         return [_run(row) for row in rows]
 

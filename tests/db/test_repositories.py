@@ -25,7 +25,7 @@ WHERE = ThreadRef("slack", "C042", "1700000000.000100")
 @pytest.fixture
 def db(database_url: str) -> Iterator[Database]:
     database = Database(database_url)
-    assert database.migrate() == "0001"
+    assert database.migrate() == "0002"
     yield database
     database.close()
 
@@ -33,7 +33,7 @@ def db(database_url: str) -> Iterator[Database]:
 def test_migrations_create_one_table_per_idea(db: Database) -> None:
     assert {"conversations", "participants", "messages", "route_decisions", "agent_runs", "run_events",
             "resources", "memories", "processed_events", "alembic_version"} <= set(db.check())
-    assert db.migrate() == "0001"  # running again changes nothing
+    assert db.migrate() == "0002"  # running again changes nothing
 
 
 def test_a_thread_maps_to_one_conversation_with_its_participants_and_messages(db: Database) -> None:

@@ -1,0 +1,24 @@
+"""agent runs: heartbeat_at, so runs of dead workers are found
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-24
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("agent_runs") as batch_op:
+        batch_op.add_column(sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("agent_runs") as batch_op:
+        batch_op.drop_column("heartbeat_at")

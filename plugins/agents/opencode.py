@@ -1,0 +1,188 @@
+"""The built-in coding agent: the pinned opencode CLI, run headless in the workspace.
+
+Each run gets an explicit permission config laid over the user's own (OPENCODE_CONFIG or the
+manifest's model), its own state directories, stdin from /dev/null, an environment with none
+of the bot's secrets, and a process tree that cancel and timeouts end completely.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bot.config import resolve_agent_binary
+from bot.engine import Engine
+from bot.errors import UserFacingError
+from bot.hookspecs import hookimpl
+from bot.types import AgentOutcome, AgentTask, EventKind, RunEvent
+from plugins.agents.opencode_events import parse_line
+from plugins.agents.process_tree import kill_tree, spawn
+
+log = logging.getLogger(__name__)
+
+NAME = "opencode"
+#: Environment variables the agent always gets (everything else must be listed in the
+#: manifest's agent.pass_env): enough to run tools, nothing that names a bot secret.
+BASE_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME", "SHELL")
+#: Stops opencode from downloading the model catalogue and merging an opencode.json found
+#: above the workspace (PLATFORM_FACTS: ~10 s lost offline otherwise).
+OFFLINE_ENV = {"OPENCODE_DISABLE_MODELS_FETCH": "1", "OPENCODE_DISABLE_PROJECT_CONFIG": "1",
+               "OPENCODE_DISABLE_AUTOUPDATE": "1", "TERM": "dumb", "NO_COLOR": "1"}
+XDG_DIRS = ("XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")
+#: Lines of opencode's stderr kept for the error message of a failed run.
+STDERR_TAIL_LINES = 20
+
+
+def permission_rules(allow_webfetch: bool) -> dict[str, Any]:
+    """Return the permission block laid over every run: nothing outside the workspace."""
+    return {
+        "edit": "allow",
+        "bash": {"*": "allow"},
+        "external_directory": "deny",
+        "webfetch": "allow" if allow_webfetch else "deny",
+        # A question would wait for a person; `run` mode has none to ask.
+        "question": "deny",
+    }
+
+
+class OpencodeAgent:
+    """Runs `opencode run --format json` and turns its event lines into `RunEvent`s."""
+
+    name = NAME
+
+    def __init__(self, binary: Path, user_config: Path | None) -> None:
+        self.binary = binary
+        self.user_config = user_config
+
+    def run(self, task: AgentTask, on_event: Callable[[RunEvent], None], cancel: threading.Event) -> AgentOutcome:
+        env = self._environment(task)
+        argv = [str(self.binary), "run", "--format", "json", "--dir", str(task.workspace)]
+        if task.session_id:
+            argv += ["--session", task.session_id]
+        if task.model:
+            argv += ["--model", task.model]
+        # After "--", the prompt's words cannot be read as options (a user typing "--auto").
+        # Split on single spaces only: opencode joins the words back with spaces, exactly.
+        argv += ["--", *task.prompt.split(" ")]
+        process = spawn(argv, env=env, cwd=task.workspace)
+        stderr_tail: list[str] = []
+        stderr_reader = threading.Thread(target=_tail, args=(process.stderr, stderr_tail), daemon=True)
+        stderr_reader.start()
+        ended = threading.Event()
+        stop_reason: list[str] = []
+        watchdog = threading.Thread(target=self._watch, args=(process, cancel, task.timeout_s, ended, stop_reason),
+                                    daemon=True)
+        watchdog.start()
+        session_id, texts, errors = task.session_id, [], []
+        assert process.stdout is not None
+        for raw in process.stdout:
+            event, event_session = parse_line(raw.decode("utf-8", errors="replace"))
+            session_id = event_session or session_id
+            if event is None:
+                continue
+            if event.kind == EventKind.TEXT and event.text.strip():
+                texts.append(event.text)
+            if event.kind == EventKind.ERROR:
+                errors.append(event.text)
+            on_event(event)
+        code = process.wait()
+        ended.set()
+        watchdog.join()
+        stderr_reader.join(2)
+        final = texts[-1].strip() if texts else ""
+        if stop_reason:
+            return AgentOutcome(session_id, final, cancelled=stop_reason[0] == "cancel",
+                                timed_out=stop_reason[0] == "timeout",
+                                error=f"timed out after {task.timeout_s:g} s" if stop_reason[0] == "timeout" else "")
+        if code != 0 or errors:
+            detail = errors[-1] if errors else _last_line(stderr_tail) or f"opencode exited with status {code}"
+            return AgentOutcome(session_id, final, error=detail)
+        return AgentOutcome(session_id, final)
+
+    @staticmethod
+    def _watch(process: subprocess.Popen[bytes], cancel: threading.Event, timeout_s: float, ended: threading.Event,
+               stop_reason: list[str]) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not ended.is_set():
+            if cancel.wait(min(0.2, max(0.0, deadline - time.monotonic()))):
+                stop_reason.append("cancel")
+            elif time.monotonic() >= deadline:
+                stop_reason.append("timeout")
+            else:
+                continue
+            kill_tree(process)
+            return
+
+    def _environment(self, task: AgentTask) -> dict[str, str]:
+        env = {name: os.environ[name] for name in BASE_ENV if name in os.environ}
+        env.update(OFFLINE_ENV)
+        home = task.state_dir / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        env["HOME"] = str(home)
+        for name in XDG_DIRS:
+            path = task.state_dir / name.lower()
+            path.mkdir(parents=True, exist_ok=True)
+            env[name] = str(path)
+        env["OPENCODE_CONFIG"] = str(self._write_config(task))
+        env.update(task.env)
+        return env
+
+    def _write_config(self, task: AgentTask) -> Path:
+        config: dict[str, Any] = {}
+        if self.user_config is not None:
+            try:
+                config = json.loads(self.user_config.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise UserFacingError(f"OPENCODE_CONFIG ({self.user_config}) cannot be read as JSON: {exc}") from None
+        config.update({"permission": permission_rules(task.allow_webfetch), "autoupdate": False, "share": "disabled"})
+        path = task.state_dir / "opencode.json"
+        path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+        return path
+
+
+def _tail(stream: Any, lines: list[str]) -> None:
+    for raw in stream:
+        lines.append(raw.decode("utf-8", errors="replace").rstrip())
+        del lines[:-STDERR_TAIL_LINES]
+
+
+def _last_line(lines: list[str]) -> str:
+    meaningful = [line for line in lines if line.strip()]
+    return meaningful[-1][:300] if meaningful else ""
+
+
+@hookimpl
+def register_agents() -> list[Any]:
+    return [_agent]
+
+
+class _LazyAgent:
+    """Resolves the binary when a run starts, so a missing binary is a chat message, not a crash."""
+
+    name = NAME
+    engine: Engine | None = None
+
+    def run(self, task: AgentTask, on_event: Callable[[RunEvent], None], cancel: threading.Event) -> AgentOutcome:
+        assert self.engine is not None
+        settings, manifest = self.engine.settings, self.engine.manifest
+        binary = resolve_agent_binary(manifest, settings)
+        if binary is None:
+            raise UserFacingError("The opencode binary is not installed: run `npm install` in the bot's checkout "
+                                  "(it pins opencode-ai), or set OPENCODE_BIN.")
+        user_config = settings.get("OPENCODE_CONFIG")
+        return OpencodeAgent(binary, Path(user_config) if user_config else None).run(task, on_event, cancel)
+
+
+_agent = _LazyAgent()
+
+
+@hookimpl
+def startup(engine: Engine) -> None:
+    _agent.engine = engine
