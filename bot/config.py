@@ -43,15 +43,26 @@ class SlackPlatform(_Section):
     enabled: bool = True
     #: "socket" needs SLACK_APP_TOKEN and no public URL; "http" needs SLACK_SIGNING_SECRET.
     mode: Literal["socket", "http"] = "socket"
+    #: HTTP mode: where the bot listens for Slack's signed requests (/slack/events, /healthz).
+    http_host: str = "0.0.0.0"
     http_port: int = Field(default=3000, ge=1, le=65535)
-    #: The Slack app manifest, printed by `python -m bot manifest slack`.
+    #: The Slack app manifest (Slack's format), laid over the adapter's defaults and printed by
+    #: `python -m bot manifest slack`.
     app: dict[str, Any] = Field(default_factory=dict)
 
 
 class DiscordPlatform(_Section):
     enabled: bool = True
+    #: Gateway intents, named as in discord.py's `Intents`; message_content is privileged
+    #: (switched on in the developer portal) and lets the bot read thread replies that do not
+    #: mention it.
     intents: list[str] = Field(default_factory=lambda: ["guilds", "guild_messages", "dm_messages", "message_content"])
-    permissions: list[str] = Field(default_factory=list)
+    #: Bot permissions the invite URL asks for, named as in discord.py's `Permissions`.
+    permissions: list[str] = Field(default_factory=lambda: [
+        "view_channel", "send_messages", "send_messages_in_threads", "create_public_threads",
+        "read_message_history", "embed_links", "attach_files", "use_application_commands",
+    ])
+    #: OAuth2 scopes of the invite: the bot user and its slash commands.
     scopes: list[str] = Field(default_factory=lambda: ["bot", "applications.commands"])
 
 

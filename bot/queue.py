@@ -18,6 +18,10 @@ from bot import constants
 from bot.errors import QueueUnavailable
 
 log = logging.getLogger(__name__)
+#: Seconds of one blocking wait for a job's result; below redis-py's 5 s socket timeout.
+RESULT_WAIT_SLICE_S = 4
+#: Threads of the in-process queue: agent runs of several threads plus chat answers at once.
+IN_PROCESS_WORKERS = 4
 #: How long closing the in-process queue waits for jobs in progress.
 SHUTDOWN_TIMEOUT_S = 30
 
@@ -45,9 +49,13 @@ class JobQueue(Protocol):
 
 
 class InProcessQueue:
-    """Runs jobs in background threads of this process: the embedded default, no servers."""
+    """Runs jobs in background threads of this process: the embedded default, no servers.
 
-    def __init__(self, workers: int = 2) -> None:
+    Agent runs hold a thread for their whole length, so there are a few; a deployment with
+    many busy threads wants Redis and `python -m bot worker` processes instead.
+    """
+
+    def __init__(self, workers: int = IN_PROCESS_WORKERS) -> None:
         self._jobs: stdlib_queue.Queue[tuple[str, str, tuple[Any, ...]] | None] = stdlib_queue.Queue()
         self._seen: set[str] = set()
         self._pending: set[str] = set()
@@ -140,7 +148,8 @@ class RedisQueue:
                 job = Job.fetch(job_id, connection=self.connection)
             except NoSuchJobError:
                 continue
-            while job.latest_result(timeout=max(1, min(int(deadline - time.monotonic()), 60))) is None:
+            # Block in slices shorter than the client's socket timeout (redis-py: 5 s).
+            while job.latest_result(timeout=max(1, min(int(deadline - time.monotonic()), RESULT_WAIT_SLICE_S))) is None:
                 if time.monotonic() >= deadline:
                     return False
         return True

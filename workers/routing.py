@@ -11,10 +11,15 @@ from typing import Any
 from bot.config import Settings
 from bot.engine import Engine
 from bot.queue import InProcessQueue
-from bot.types import Message, ThreadRef
+from bot.types import Message, Route, RouteDecision, ThreadRef
 
 #: The lines read are one thread, so follow-ups ("ok go ahead") see what came before.
 ROUTE_THREAD = ThreadRef("cli", "route", "stdin")
+
+
+def needs_llm(decision: RouteDecision, min_confidence: float) -> bool:
+    """Return whether the LLM stage should have its say: a tentative or unsure chat or agent route."""
+    return decision.route != Route.COMMAND and (decision.tentative or decision.confidence < min_confidence)
 
 
 def route_lines(settings: Settings, lines: Iterable[str]) -> Iterator[dict[str, Any]]:

@@ -68,9 +68,12 @@ class OpencodeAgent:
             argv += ["--session", task.session_id]
         if task.model:
             argv += ["--model", task.model]
-        # After "--", the prompt's words cannot be read as options (a user typing "--auto").
-        # Split on single spaces only: opencode joins the words back with spaces, exactly.
-        argv += ["--", *task.prompt.split(" ")]
+        # After "--", the prompt cannot be read as options (a user typing "--auto"). It goes as
+        # one argument: opencode's argument parser turns number-like words into numbers and
+        # then fails on them, so the prompt cannot be split into words (opencode wraps a
+        # single argument with spaces in quotes, which the model reads fine). stdin stays
+        # /dev/null.
+        argv += ["--", task.prompt]
         process = spawn(argv, env=env, cwd=task.workspace)
         stderr_tail: list[str] = []
         stderr_reader = threading.Thread(target=_tail, args=(process.stderr, stderr_tail), daemon=True)

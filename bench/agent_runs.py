@@ -1,0 +1,240 @@
+"""Agent runs: latency to visible progress, edits against events, memory; cold run vs warm server.
+
+Everything is real: the pinned opencode binary, driven by a scripted OpenAI-compatible model on
+127.0.0.1 (tests/fakes/openai_server.py), through Threadwork's engine and in-process worker.
+Run: `python bench/agent_runs.py [-n 3]` (needs `npm install` for the binary).
+
+Part 1 (through the engine, cold `opencode run` per task, as the bot runs it): time from the
+request's dispatch to the status message, from the run job's enqueue to the first status
+edit ("running") and to the first agent event, status edits against agent events per run, and
+the peak RSS of the agent's process tree.
+
+Part 2 (the CLI alone): a cold `opencode run` per task against a warm `opencode serve` per
+worker with `run --attach`, timing the first event and the whole run, and checking whether the
+run's final text arrives at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bot.config import Settings  # noqa: E402
+from bot.engine import Engine, set_current  # noqa: E402
+from bot.hookspecs import hookimpl  # noqa: E402
+from bot.types import Attachment, Message, Reply, ThreadRef  # noqa: E402
+from tests.fakes.openai_fixtures import OPENCODE_BIN, make_opencode_env  # noqa: E402
+from tests.fakes.openai_server import FakeOpenAIServer, Turn  # noqa: E402
+from tests.support.servers import free_port, wait_for_port  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+FIRST_PROGRESS_TARGET_S = 1.0
+
+
+def script() -> list[Turn]:
+    return [Turn.write("hello.py", "print('hi')\n"), Turn.bash("python3 hello.py"), Turn.text("Wrote and ran hello.py.")]
+
+
+class TimedThread:
+    """A chat port that timestamps the status message's post and edits."""
+
+    platform = "bench"
+
+    def __init__(self) -> None:
+        self.events: list[tuple[float, str, str]] = []
+
+    def post(self, where: ThreadRef, reply: Reply) -> str:
+        self.events.append((time.perf_counter(), "post", reply.text))
+        return f"m{len(self.events)}"
+
+    def edit(self, where: ThreadRef, message_id: str, reply: Reply) -> None:
+        self.events.append((time.perf_counter(), "edit", reply.text))
+
+    def upload(self, where: ThreadRef, attachment: Attachment) -> str:
+        return "f"
+
+
+class EventClock:
+    """A plugin that timestamps agent events as the engine reports them."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    @hookimpl
+    def report_progress(self, event) -> None:
+        self.times.append(time.perf_counter())
+
+
+class TreeMemory:
+    """Samples the summed RSS of every process below this one, keeping the peak."""
+
+    def __init__(self) -> None:
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        from plugins.agents.process_tree import descendants
+
+        while not self._stop.wait(0.05):
+            total = 0
+            for pid in descendants(os.getpid()):
+                try:
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1])
+                except OSError:
+                    pass
+            self.peak_kb = max(self.peak_kb, total)
+
+
+def through_engine(runs: int) -> list[dict[str, float]]:
+    results = []
+    for n in range(runs):
+        with tempfile.TemporaryDirectory(prefix="tw-bench-agent-") as scratch, FakeOpenAIServer(script()) as model:
+            root = Path(scratch)
+            config = root / "opencode.json"
+            model.write_opencode_config(config)
+            settings = Settings.from_env({"BOT_DATA_DIR": str(root / "data"), "OPENCODE_CONFIG": str(config),
+                                          "BOT_MANIFEST": str(REPO / "manifest.yml")})
+            engine = Engine.from_settings(settings, load_entrypoints=False)
+            set_current(engine)
+            port, clock = TimedThread(), EventClock()
+            engine.attach_port(port)
+            engine.pm.register(clock, name="bench-clock")
+            enqueued: list[float] = []
+            original_enqueue = engine.queue.enqueue
+
+            def timed_enqueue(func, *args, **kwargs):
+                if func == "workers.agent_run.run_agent":
+                    enqueued.append(time.perf_counter())
+                return original_enqueue(func, *args, **kwargs)
+
+            engine.queue.enqueue = timed_enqueue  # type: ignore[method-assign]
+            with TreeMemory() as memory:
+                start = time.perf_counter()
+                engine.dispatch(Message(where=ThreadRef("bench", "C", f"T{n}"), text="/agent write hello.py",
+                                        user_id="U", user_name="bench"))
+                engine.queue.wait(timeout=300)
+            engine.close()
+            status_posted = next(t for t, kind, _ in port.events if kind == "post")
+            first_running = next(t for t, kind, text in port.events if kind == "edit" and "running" in text)
+            status_edits = sum(1 for _, kind, text in port.events if kind == "edit" and "Agent run" in text)
+            results.append({
+                "dispatch_to_status_s": status_posted - start,
+                "enqueue_to_first_edit_s": first_running - enqueued[0],
+                "enqueue_to_first_event_s": clock.times[0] - enqueued[0],
+                "events": len(clock.times),
+                "edits": status_edits,
+                "peak_rss_mb": memory.peak_kb / 1024,
+            })
+    return results
+
+
+def cli_runs(runs: int, warm: bool) -> list[dict[str, float]]:
+    results = []
+    with tempfile.TemporaryDirectory(prefix="tw-bench-cli-") as scratch, FakeOpenAIServer() as model:
+        env, workspace = make_opencode_env(Path(scratch), model)
+        server = None
+        attach: list[str] = []
+        if warm:
+            port = free_port()
+            server = subprocess.Popen([str(OPENCODE_BIN), "serve", "--port", str(port), "--hostname", "127.0.0.1"],
+                                      env=env, cwd=workspace, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
+            wait_for_port(port, 60)
+            attach = ["--attach", f"http://127.0.0.1:{port}"]
+        try:
+            for _ in range(runs):
+                model.reset(script())
+                with TreeMemory() as memory:
+                    start = time.perf_counter()
+                    process = subprocess.Popen(
+                        [str(OPENCODE_BIN), "run", "--format", "json", "--dir", str(workspace), *attach, "--",
+                         "write hello.py and run it"],
+                        env=env, cwd=workspace, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                        stderr=subprocess.DEVNULL)
+                    first = None
+                    texts = []
+                    assert process.stdout is not None
+                    for line in process.stdout:
+                        first = first or time.perf_counter()
+                        try:
+                            event = json.loads(line)
+                        except ValueError:
+                            continue
+                        if event.get("type") == "text":
+                            texts.append(event["part"]["text"])
+                    process.wait()
+                    end = time.perf_counter()
+                results.append({"first_event_s": (first or end) - start, "run_s": end - start,
+                                "final_text": float("Wrote and ran hello.py." in " ".join(texts)),
+                                "peak_rss_mb": memory.peak_kb / 1024})
+        finally:
+            if server is not None:
+                server.terminate()
+                try:
+                    server.wait(10)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+    return results
+
+
+def median(rows: list[dict[str, float]], key: str) -> float:
+    return statistics.median(row[key] for row in rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=3, help="runs per measurement (default 3)")
+    args = parser.parse_args()
+    if not OPENCODE_BIN.exists():
+        raise SystemExit(f"no opencode binary at {OPENCODE_BIN}: run `npm install` in {REPO}")
+
+    engine_rows = through_engine(args.n)
+    print(f"agent runs through the engine (cold `opencode run` per task), median of {args.n}")
+    print(f"{'measure':<44} {'value':>10}")
+    for label, key, unit in (
+        ("dispatch -> status message posted", "dispatch_to_status_s", "s"),
+        ("run enqueued -> first status edit (running)", "enqueue_to_first_edit_s", "s"),
+        ("run enqueued -> first agent event", "enqueue_to_first_event_s", "s"),
+        ("agent events per run", "events", ""),
+        ("status edits per run", "edits", ""),
+        ("peak RSS of the agent's process tree", "peak_rss_mb", "MB"),
+    ):
+        print(f"{label:<44} {median(engine_rows, key):>9.2f}{unit}")
+    first_edit = median(engine_rows, "enqueue_to_first_edit_s")
+    print(f"first visible progress {first_edit:.3f} s after enqueue (target < {FIRST_PROGRESS_TARGET_S:.0f} s)")
+
+    cold, warm = cli_runs(args.n, warm=False), cli_runs(args.n, warm=True)
+    print()
+    print(f"opencode CLI alone, median of {args.n}")
+    print(f"{'mode':<34} {'first event':>12} {'whole run':>10} {'final text':>11} {'peak RSS':>9}")
+    for label, rows in (("cold `run` per task", cold), ("warm `serve` + `run --attach`", warm)):
+        arrived = sum(int(row["final_text"]) for row in rows)
+        print(f"{label:<34} {median(rows, 'first_event_s'):>11.2f}s {median(rows, 'run_s'):>9.2f}s"
+              f" {arrived:>5}/{len(rows):<5} {median(rows, 'peak_rss_mb'):>7.0f}MB")
+    print("(peak RSS counts every process the mode needs: the warm row includes the server)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
