@@ -32,8 +32,9 @@ Tool names and argument schemas are those opencode 1.18.33 advertises in its ``t
     bash   {command, timeout? (ms, int > 0), workdir?}   (+ "description", accepted though
                                                        not in the schema)
 
-The full ``tools`` list of a default ``run`` with webfetch denied: bash, edit, glob, grep, read,
-skill, task, todowrite, write (names in ``OPENCODE_TOOL_NAMES``).
+The full ``tools`` list with ``DEFAULT_PERMISSION``: bash, edit, glob, grep, read, skill, task,
+todowrite, write (``OPENCODE_TOOL_NAMES``). A class set to plain "deny" (e.g. ``"bash": "deny"``)
+removes the tool from the list; a call to it then comes back as the pseudo-tool ``invalid``.
 
 opencode resolves a relative ``filePath`` against its ``--dir``, but its schema asks for an
 absolute one; the helpers pass paths through unchanged, so give absolute paths when you can.
@@ -55,8 +56,20 @@ from aiohttp import web
 #: Marker in opencode's title-generation system prompt (1.18.33: "You are a title generator...").
 TITLE_PROMPT_MARKER = "title generator"
 
-#: Tool names opencode 1.18.33 sends in ``tools`` (with ``"webfetch": "deny"`` in the config).
+#: Tool names opencode 1.18.33 sends in ``tools`` with DEFAULT_PERMISSION (webfetch and question
+#: denied; a serve-API session without the question rule adds "question").
 OPENCODE_TOOL_NAMES = ("bash", "edit", "glob", "grep", "read", "skill", "task", "todowrite", "write")
+
+#: Every class set explicitly. "question" is denied because a session created through the serve
+#: HTTP API (not through `run`, which adds that rule itself) would otherwise offer the model a
+#: `question` tool that waits for a human.
+DEFAULT_PERMISSION: dict[str, Any] = {
+    "edit": "allow",
+    "bash": {"*": "allow"},
+    "external_directory": "deny",
+    "webfetch": "deny",
+    "question": "deny",
+}
 
 DEFAULT_MODEL = "m"
 DEFAULT_PROVIDER = "local"
@@ -82,7 +95,8 @@ class Turn:
     ``usage`` is ``(prompt_tokens, completion_tokens)``; a default is computed when ``None``.
     ``delay`` sleeps before answering (seconds); ``chunk_delay`` between streamed chunks.
     ``status``/``error`` make the server answer with an HTTP error instead (opencode retries
-    those, 400 and 401 included, with ~2/4/8 s backoff). ``stream_error`` sends an error object
+    any status, 400 and 401 included, after ~2, 4, 8, 16, 32 s and gives up after 6 attempts,
+    ~73 s, with an ``error`` event). ``stream_error`` sends an error object
     inside the SSE stream instead (``data: {"error": {...}}``), after any content.
     """
 
@@ -104,7 +118,9 @@ class Turn:
     @classmethod
     def tool(cls, name: str, arguments: dict[str, Any], *, call_id: str | None = None,
              text: str | None = None, **kw: Any) -> "Turn":
-        call = ToolCall(name, dict(arguments)) if call_id is None else ToolCall(name, dict(arguments), call_id)
+        call = ToolCall(name, dict(arguments))
+        if call_id is not None:
+            call.id = call_id
         return cls(content=text, tool_calls=[call], **kw)
 
     @classmethod
@@ -235,9 +251,11 @@ class FakeOpenAIServer:
         self._turns: list[Turn] = list(turns)
         self._next = 0
         self.requests: list[dict[str, Any]] = []
+        self.request_times: list[float] = []  # time.monotonic() of each entry in requests
         self.scripted_requests: list[dict[str, Any]] = []
         self.side_requests: list[dict[str, Any]] = []
         self.other_requests: list[tuple[str, str]] = []  # (method, path) of anything else
+        self.models_calls = 0  # GET /v1/models
         self.exhausted = 0
         self._turn_cond = threading.Condition(self._lock)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -258,6 +276,7 @@ class FakeOpenAIServer:
             self._next = 0
             self.exhausted = 0
             self.requests.clear()
+            self.request_times.clear()
             self.scripted_requests.clear()
             self.side_requests.clear()
             self.other_requests.clear()
@@ -308,8 +327,7 @@ class FakeOpenAIServer:
                         **extra: Any) -> dict[str, Any]:
         """A complete opencode config (``OPENCODE_CONFIG``) that uses this server as model."""
         if permission is None:
-            permission = {"edit": "allow", "bash": {"*": "allow"},
-                          "external_directory": "deny", "webfetch": "deny"}
+            permission = dict(DEFAULT_PERMISSION)
         cfg: dict[str, Any] = {
             "$schema": "https://opencode.ai/config.json",
             "provider": self.provider_config(provider),
@@ -382,6 +400,8 @@ class FakeOpenAIServer:
 
     # -- handlers -------------------------------------------------------------------------
     async def _models(self, request: web.Request) -> web.Response:
+        with self._lock:
+            self.models_calls += 1
         return web.json_response({"object": "list", "data": [
             {"id": self.model, "object": "model", "created": 0, "owned_by": "fake"}]})
 
@@ -395,6 +415,7 @@ class FakeOpenAIServer:
         """Record the body and pick the answer; returns (turn, scripted)."""
         with self._turn_cond:
             self.requests.append(body)
+            self.request_times.append(time.monotonic())
             if self.is_side(body):
                 self.side_requests.append(body)
                 return Turn.text(self.side_text, usage=(10, 3)), False

@@ -207,9 +207,33 @@ def test_opencode_edit_read_and_session_continue(openai_server: FakeOpenAIServer
     assert any(m["role"] == "assistant" and "edited" in json.dumps(m.get("content"))
                for m in msgs)
 
+    # --fork copies the history into a new session.
+    openai_server.script(Turn.text("forked answer"))
+    n_before = len(openai_server.scripted_requests)
+    forked = run_opencode(env, ws, "fork it", args=["--session", sid, "--fork"])
+    _assert_well_formed(forked)
+    assert forked.session_id != sid
+    assert user_texts(openai_server.scripted_requests[n_before]) == [
+        "change beta", "and now?", "fork it"]
+
     # An unknown session id fails cleanly.
     bad = run_opencode(env, ws, "x", args=["--session", "ses_doesnotexist"])
-    assert bad.returncode != 0
+    assert bad.returncode == 1
+    assert "Session not found" in bad.stdout + bad.stderr
+
+
+@requires_opencode
+@pytest.mark.opencode
+def test_opencode_error_event(openai_server: FakeOpenAIServer, opencode_env) -> None:
+    # Model/provider errors are retried for ~73 s (6 attempts) before the error event, so the
+    # quick way to see one is an unknown model.
+    env, ws = opencode_env()
+    run = run_opencode(env, ws, "hi", args=["-m", "local/nosuch"])
+    assert run.returncode == 1
+    (err,) = run.of_type("error")
+    assert err["sessionID"].startswith("ses_")
+    assert err["error"]["name"] and err["error"]["data"]["message"]
+    assert openai_server.scripted_requests == []
 
 
 @requires_opencode
