@@ -24,6 +24,7 @@ from bot import constants
 from bot.db.repositories import Runs
 from bot.engine import Engine
 from bot.errors import UserFacingError
+from bot.pubsub import Subscription
 from bot.types import Attachment, Message, Reply, ThreadRef
 
 log = logging.getLogger(__name__)
@@ -184,18 +185,13 @@ class RemoteListener:
     """Shows what workers publish for this console thread; `flush` waits for all of it."""
 
     def __init__(self, redis_url: str, where: ThreadRef, view: View) -> None:
-        from redis import Redis
-
-        self._redis = Redis.from_url(redis_url)
         self._channel = redis_channel(where)
         self._view = view
-        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        self._pubsub.subscribe(**{self._channel: self._handle})
         self._flushed = threading.Event()
-        self._thread = self._pubsub.run_in_thread(sleep_time=None, daemon=True)
+        self._subscription = Subscription(redis_url, self._channel, self._handle)
 
-    def _handle(self, item: dict[str, Any]) -> None:
-        event = json.loads(item["data"])
+    def _handle(self, data: bytes) -> None:
+        event = json.loads(data)
         if event["op"] == "flush":
             self._flushed.set()
         elif event["op"] == "file":
@@ -207,13 +203,11 @@ class RemoteListener:
     def flush(self, timeout: float = 10) -> None:
         """Wait until everything published before now has been shown (Redis keeps order)."""
         self._flushed.clear()
-        self._redis.publish(self._channel, json.dumps({"op": "flush"}))
+        self._subscription.publish(self._channel, json.dumps({"op": "flush"}))
         self._flushed.wait(timeout)
 
     def close(self) -> None:
-        self._thread.stop()
-        self._pubsub.close()
-        self._redis.close()
+        self._subscription.close()
 
 
 def save_file(files_dir: Path, where: ThreadRef, attachment: Attachment) -> Path:

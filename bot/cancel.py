@@ -12,6 +12,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from bot.pubsub import Subscription
+
 log = logging.getLogger(__name__)
 
 
@@ -46,20 +48,12 @@ class CancelSignals:
         event = threading.Event()
         with self._lock:
             self._events[run_id] = event
-        subscriber = None
-        if self._redis_url:
-            from redis import Redis
-
-            redis = Redis.from_url(self._redis_url)
-            pubsub = redis.pubsub(ignore_subscribe_messages=True)
-            pubsub.subscribe(**{channel(run_id): lambda _message: event.set()})
-            subscriber = pubsub.run_in_thread(sleep_time=None, daemon=True)
+        subscription = Subscription(self._redis_url, channel(run_id), lambda _data: event.set()) \
+            if self._redis_url else None
         try:
             yield event
         finally:
             with self._lock:
                 self._events.pop(run_id, None)
-            if subscriber is not None:
-                subscriber.stop()
-                pubsub.close()
-                redis.close()
+            if subscription is not None:
+                subscription.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -25,13 +26,27 @@ os.environ.pop("DATABASE_URL", None)
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
+def redis_server_url() -> Iterator[str]:
     """A real redis-server on 127.0.0.1 for the whole test session."""
     try:
         with servers.redis_server() as url:
             yield url
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
+
+
+_redis_dbs = itertools.cycle(range(1, 16))
+
+
+@pytest.fixture
+def redis_url(redis_server_url: str) -> str:
+    """A Redis database of its own for one test (emptied first), on the session's server."""
+    from redis import Redis
+
+    url = redis_server_url.rsplit("/", 1)[0] + f"/{next(_redis_dbs)}"
+    with Redis.from_url(url) as redis:
+        redis.flushdb()
+    return url
 
 
 @pytest.fixture(scope="session")

@@ -222,6 +222,8 @@ def _conclude(engine: Engine, run: AgentRun, conversation: Conversation, outcome
                                  tokens_out=progress.status.tokens_out, cost=progress.status.cost)
     progress.status.state, progress.status.note = state, note
     progress.finish()
+    if state == RunState.FAILED or progress.status.hidden_items:
+        _attach_log(engine, run, conversation)
     if state == RunState.DONE:
         answer = outcome.final_text or "Done (the agent gave no summary)."
         _post_answer(engine, run, conversation, answer, request_message_id)
@@ -261,6 +263,22 @@ def _attach_changes(engine: Engine, run: AgentRun, conversation: Conversation, w
             Resources(session).add(conversation.id, file.path, run_id=run.id, size=file.size, sha256=file.sha256,
                                    platform_file_id=file_id)
     return attached
+
+
+def _attach_log(engine: Engine, run: AgentRun, conversation: Conversation) -> None:
+    """Attach every event of the run: the status message shows only the last steps."""
+    with engine.db.reading() as session:
+        events = Runs(session).events(run.id)
+    lines = [f"# Run {run.id} ({run.agent})", "", f"Request: {run.prompt}", ""]
+    for event in events:
+        stamp = event.created_at.strftime("%H:%M:%S")
+        detail = event.text if event.kind != EventKind.TOKENS.value else f"{event.tokens_in} in / {event.tokens_out} out"
+        lines.append(f"- {stamp} {event.kind} {event.name} {event.status} {detail}".rstrip())
+    try:
+        engine.upload(conversation, Attachment(f"run-{run.id}-log.md", "\n".join(lines).encode(),
+                                               title=f"Run {run.id} log"))
+    except Exception:  # boundary: one upload; the events stay in the database
+        log.exception("run %s: uploading its log failed", run.id)
 
 
 class _Progress:

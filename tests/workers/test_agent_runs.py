@@ -200,6 +200,8 @@ def test_a_run_past_its_timeout_fails_and_says_so(tmp_path: Path, model) -> None
         assert run.state == RunState.FAILED and "timed out after 10 s" in run.error
         assert "Failed: timed out after 10 s" in view.last(view.order[0])
         assert not processes_with("sleep 120")
+        log = next(f for f in view.files if f.filename == "run-1-log.md")  # the whole log, for a failed run
+        assert b"tokens" in log.data or b"step" in log.data
     finally:
         engine.close()
 
