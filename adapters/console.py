@@ -25,12 +25,16 @@ from bot.db.repositories import Runs
 from bot.engine import Engine
 from bot.errors import UserFacingError
 from bot.pubsub import Subscription
-from bot.types import Attachment, Message, Reply, ThreadRef
+from bot.types import Attachment, Message, Reply, RunState, RunStatus, ThreadRef
 
 log = logging.getLogger(__name__)
 PLATFORM = "console"
 #: The one console "channel"; threads are what differ between sessions.
 CHANNEL = "local"
+
+
+#: Stands in for a status sent over Redis: the view only needs to know the text is one.
+STATUS_MARK = RunStatus(run_id=0, state=RunState.RUNNING, agent="")
 
 
 def redis_channel(where: ThreadRef) -> str:
@@ -87,37 +91,39 @@ class TtyView:
             else:
                 self._live.pop(message_id, None)
         if not reply.partial:
-            self._print_markdown(reply.text)
-        self._refresh()
+            self._print(self._ansi(reply))
+        if self.app is not None:
+            self.app.invalidate()
 
     def show_file(self, file_id: str, name: str, size: int, path: Path) -> None:
-        self._print_markdown(f"📎 **{name}** ({size:,} bytes) saved to `{path}`")
+        self._print(self._ansi(Reply(f"📎 **{name}** ({size:,} bytes) saved to `{path}`")))
 
     def notice(self, text: str) -> None:
-        self._print_markdown(f"*{text}*")
+        self._print(self._ansi(Reply(f"*{text}*")))
 
     def toolbar(self) -> Any:
         from prompt_toolkit.formatted_text import ANSI
 
         with self._lock:
-            texts = [reply.text.strip().splitlines()[:3] for reply in self._live.values()]
-        if not texts:
-            return ""
-        return ANSI("\n".join("\n".join(lines) for lines in texts))
+            live = list(self._live.values())
+        return ANSI("\n".join(self._ansi(reply) for reply in live)) if live else ""
 
-    def _print_markdown(self, text: str) -> None:
-        from prompt_toolkit import print_formatted_text
-        from prompt_toolkit.formatted_text import ANSI
+    def _ansi(self, reply: Reply) -> str:
         from rich.console import Console
         from rich.markdown import Markdown
 
+        # A status message is laid out line by line; markdown would join its lines.
+        text = reply.text.replace("\n", "  \n") if reply.status is not None else reply.text
         buffer = io.StringIO()
         Console(file=buffer, force_terminal=True, width=self._width).print(Markdown(text))
-        print_formatted_text(ANSI("[bold]bot[/]" and buffer.getvalue().rstrip("\n")))
+        return buffer.getvalue().rstrip("\n")
 
-    def _refresh(self) -> None:
-        if self.app is not None:
-            self.app.invalidate()
+    @staticmethod
+    def _print(ansi_text: str) -> None:
+        from prompt_toolkit import print_formatted_text
+        from prompt_toolkit.formatted_text import ANSI
+
+        print_formatted_text(ANSI(ansi_text))
 
 
 class ConsolePort:
@@ -162,11 +168,13 @@ class RemoteConsolePort:
         import uuid
 
         message_id = f"r{uuid.uuid4().hex[:8]}"
-        self._publish(where, {"op": "post", "id": message_id, "text": reply.text, "partial": reply.partial})
+        self._publish(where, {"op": "post", "id": message_id, "text": reply.text, "partial": reply.partial,
+                              "status": reply.status is not None})
         return message_id
 
     def edit(self, where: ThreadRef, message_id: str, reply: Reply) -> None:
-        self._publish(where, {"op": "edit", "id": message_id, "text": reply.text, "partial": reply.partial})
+        self._publish(where, {"op": "edit", "id": message_id, "text": reply.text, "partial": reply.partial,
+                              "status": reply.status is not None})
 
     def upload(self, where: ThreadRef, attachment: Attachment) -> str:
         import uuid
@@ -197,7 +205,8 @@ class RemoteListener:
         elif event["op"] == "file":
             self._view.show_file(event["id"], event["name"], event["size"], Path(event["path"]))
         else:
-            self._view.show(event["id"], Reply(event["text"], partial=event.get("partial", False)),
+            status = STATUS_MARK if event.get("status") else None
+            self._view.show(event["id"], Reply(event["text"], status=status, partial=event.get("partial", False)),
                             edited=event["op"] == "edit")
 
     def flush(self, timeout: float = 10) -> None:

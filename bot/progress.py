@@ -57,7 +57,7 @@ def render_status(status: RunStatus, limit: int = constants.STATUS_TEXT_LIMIT) -
         lines.append(f"… and {status.hidden_items} earlier step(s)")
     if status.latest_text:
         latest = " ".join(status.latest_text.split())
-        lines.append(f"> {latest[:300]}{'…' if len(latest) > 300 else ''}")
+        lines.append(f"💬 {latest[:300]}{'…' if len(latest) > 300 else ''}")
     if status.tokens_in or status.tokens_out:
         lines.append(f"Tokens {status.tokens_in:,} in / {status.tokens_out:,} out · ${status.cost:.4f}")
     if status.note:

@@ -19,6 +19,7 @@ def help_text(context: CommandContext) -> str:
         lines.append(f"- `{usage}` - {command.help}")
     lines.append("- `/agent <task>` - send the coding agent to work on a task in this thread's workspace")
     lines.append("- `/ask <question>` - answer in chat, never starting the agent")
+    lines.append("")
     lines.append("Anything else: I decide whether to answer or to start the agent.")
     return "\n".join(lines)
 

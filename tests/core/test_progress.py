@@ -21,7 +21,7 @@ def test_a_queued_run_shows_its_place_and_a_running_one_its_checklist() -> None:
         "⏳ **Agent run 4** · running · 1:15",
         "✓ wrote `app.py`",
         "✗ ran `pytest`",
-        "> Tests fail on import.",
+        "💬 Tests fail on import.",
         "Tokens 1,200 in / 80 out · $0.0123",
         "Cancel with `/cancel 4`",
     ]
