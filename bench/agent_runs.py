@@ -123,10 +123,10 @@ def through_engine(runs: int) -> list[dict[str, float]]:
             enqueued: list[float] = []
             original_enqueue = engine.queue.enqueue
 
-            def timed_enqueue(func, *args, **kwargs):
+            def timed_enqueue(func, *args, _times=enqueued, _enqueue=original_enqueue, **kwargs):
                 if func == "workers.agent_run.run_agent":
-                    enqueued.append(time.perf_counter())
-                return original_enqueue(func, *args, **kwargs)
+                    _times.append(time.perf_counter())
+                return _enqueue(func, *args, **kwargs)
 
             engine.queue.enqueue = timed_enqueue  # type: ignore[method-assign]
             with TreeMemory() as memory:

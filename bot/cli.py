@@ -6,7 +6,6 @@ import functools
 import importlib
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable
 from typing import Any

@@ -84,17 +84,28 @@ class PluginsSection(_Section):
 class RouterSection(_Section):
     #: Ask an LLM about messages the cheap stages leave undecided (needs ANTHROPIC_API_KEY).
     llm_stage: bool = True
+    #: A small, fast model: the classifier answers with one forced tool call.
     classifier_model: str = "claude-haiku-4-5"
     #: Decisions below this confidence are treated as tentative.
     min_confidence: float = Field(default=0.8, ge=0, le=1)
+    #: The classification is a detour before the answer: it gives up sooner than an answer does,
+    #: and then the cheap chain's tentative route stands.
+    timeout_seconds: float = Field(default=15, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
 
 
 class LlmSection(_Section):
-    model: str = "claude-sonnet-4-5"
+    """Direct answers: the model, its output and context budgets, and how hard to try."""
+
+    #: anthropic 2.12 warns that claude-sonnet-4-5 is deprecated (end of life 2026-11-30).
+    model: str = "claude-sonnet-4-6"
     max_tokens: int = Field(default=1024, ge=1)
     #: Tokens of thread history and recalled memory sent with a direct answer.
     context_budget_tokens: int = Field(default=6000, ge=100)
+    #: Per request, and between two streamed events; the SDK retries a timed-out request.
     timeout_seconds: float = Field(default=60, gt=0)
+    #: The SDK retries 408, 409, 429 and 5xx (529 overloaded included) with exponential
+    #: backoff, honouring retry-after.
     max_retries: int = Field(default=3, ge=0, le=10)
 
 

@@ -21,8 +21,8 @@ from bot.config import Manifest, Settings, load_manifest
 from bot.db import Database
 from bot.db.inbox import Inbox
 from bot.db.repositories import Messages
-from bot.memory import within_budget
 from bot.errors import ConfigError, DuplicateEvent, PermissionDenied, UserFacingError
+from bot.memory import within_budget
 from bot.plugins import make_plugin_manager
 from bot.queue import InProcessQueue, JobQueue, RedisQueue
 from bot.redaction import Redactor

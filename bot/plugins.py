@@ -19,8 +19,13 @@ log = logging.getLogger("bot.plugins")
 #: a plugin may override are marked `trylast=True` in their modules.
 DEFAULT_PLUGINS = (
     "plugins.routers.explicit",
+    # Registered before the patterns stage so that pluggy calls it after them (later
+    # registrations are called first); third-party routers come later still, so before both.
+    "plugins.routers.heuristics",
     "plugins.routers.patterns",
     "plugins.routers.fallback",
+    "plugins.routers.llm_classifier",
+    "plugins.answer.claude",
     "plugins.commands",
     "plugins.runs",
     "plugins.agents.opencode",

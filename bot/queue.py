@@ -139,8 +139,8 @@ class RedisQueue:
 
     def wait(self, job_ids: Iterable[str], timeout: float) -> bool:
         """Block on each job's result stream (no polling loop) until all have finished."""
-        from rq.job import Job
         from rq.exceptions import NoSuchJobError
+        from rq.job import Job
 
         deadline = time.monotonic() + timeout
         for job_id in job_ids:

@@ -7,15 +7,21 @@ in-process worker.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from bot import engine as engine_module
 from bot.db.repositories import Conversations, Messages
 from bot.engine import Engine
 from bot.errors import UserFacingError
 from bot.types import Conversation, Message, Route, RouteDecision
+from workers.routing import needs_llm
 
 log = logging.getLogger(__name__)
 
+NOT_ALLOWED_AGENT = (
+    "You are not allowed to start the coding agent here (the manifest's `permissions.agent`), so I "
+    "did not start it. I can answer in chat: ask with `/ask <question>`."
+)
 NO_MODEL_CONFIGURED = (
     "I can't answer that in chat yet: no language model is configured. Set `ANTHROPIC_API_KEY` "
     "in the bot's environment (see the README, Configuration), or send the coding agent with "
@@ -33,12 +39,14 @@ def handle_message(message_id: int, route: str, text: str, tentative: bool) -> N
             return
         entry, conversation_id, user_id = messages.get(message_id)
         conversation = Conversations(session).get(conversation_id)
+        stored = messages.decision(message_id)
     message = Message(where=conversation.where, text=text, user_id=user_id, user_name=entry.author,
                       external_id=None, received_at=entry.created_at)
     try:
-        decided = Route(route)
-        if tentative:
-            decided = _classify(engine, message_id, message, conversation, decided)
+        decision = _as_decision(route, text, tentative, stored)
+        decided = decision.route
+        if needs_llm(decision, engine.manifest.router.min_confidence):
+            decided = _classify(engine, message_id, message, conversation, replace(decision, tentative=True))
         if decided == Route.AGENT:
             _start_agent(engine, message_id, message, conversation)
         else:
@@ -51,11 +59,20 @@ def handle_message(message_id: int, route: str, text: str, tentative: bool) -> N
                    reply_to=message_id)
 
 
-def _classify(engine: Engine, message_id: int, message: Message, conversation: Conversation, route: Route) -> Route:
-    tentative = RouteDecision(route, "fallback", 0.5, "tentative", tentative=True)
+def _as_decision(route: str, text: str, tentative: bool, stored: dict | None) -> RouteDecision:
+    """Return the cheap chain's decision as dispatch stored it (the job gets only its route)."""
+    if stored is None or stored["route"] != route:
+        return RouteDecision(Route(route), "fallback", 0.5, "tentative", text=text, tentative=tentative)
+    return RouteDecision(Route(route), stored["stage"], stored["confidence"], stored["reason"], text=text,
+                         tentative=tentative)
+
+
+def _classify(engine: Engine, message_id: int, message: Message, conversation: Conversation,
+              tentative: RouteDecision) -> Route:
+    """Ask the LLM stage about an undecided message; store and return its route, or keep the tentative one."""
     better = engine.hook.classify_message(message=message, conversation=conversation, tentative=tentative)
     if better is None:
-        return route
+        return tentative.route
     with engine.db.session() as session:
         Messages(session).record_decision(message_id, better)
     return better.route
@@ -68,10 +85,16 @@ def _answer(engine: Engine, message_id: int, message: Message, conversation: Con
     if answer is None:
         engine.say(conversation, NO_MODEL_CONFIGURED, reply_to=message_id)
         return
-    engine.hook.remember(message=message, conversation=conversation, reply=answer)
+    if answer:  # an empty answer: the thread was told the model failed; nothing to remember
+        engine.hook.remember(message=message, conversation=conversation, reply=answer)
 
 
 def _start_agent(engine: Engine, message_id: int, message: Message, conversation: Conversation) -> None:
+    """Start an agent run, if the manifest lets this person start one (whichever stage routed here)."""
     from workers.agent_run import start_run
 
+    if not engine.manifest.allows("agent", message.user_id):
+        log.info("message %s routed to the agent, but %s may not start it", message_id, message.user_id)
+        engine.say(conversation, NOT_ALLOWED_AGENT, reply_to=message_id)
+        return
     start_run(engine, message_id, message, conversation)

@@ -25,8 +25,11 @@ def needs_llm(decision: RouteDecision, min_confidence: float) -> bool:
 def route_lines(settings: Settings, lines: Iterable[str]) -> Iterator[dict[str, Any]]:
     """Yield, for each non-empty line, the decision of the full chain as plain values.
 
-    Nothing is answered or enqueued, and nothing is written to the bot's own database: the
-    lines live in a scratch database for as long as the command runs.
+    The cheap stages decide first; a line they leave undecided (tentative, or below
+    `router.min_confidence`) goes to the LLM stage, whose decision replaces theirs, or carries
+    an `"llm"` key saying why it was skipped or failed. Nothing is answered or enqueued, and
+    nothing is written to the bot's own database: the lines live in a scratch database for as
+    long as the command runs.
     """
     with tempfile.TemporaryDirectory(prefix="threadwork-route-") as scratch:
         scratch_settings = dataclasses.replace(settings, database_url=f"sqlite:///{Path(scratch) / 'route.db'}")
@@ -42,13 +45,15 @@ def route_lines(settings: Settings, lines: Iterable[str]) -> Iterator[dict[str, 
                 decision = stored.decision
                 assert decision is not None
                 result: dict[str, Any] = {"text": text, **decision.as_dict()}
-                if decision.tentative:
+                if needs_llm(decision, engine.manifest.router.min_confidence):
                     if llm_skipped:
                         result["llm"] = f"skipped: {llm_skipped}"
                     else:
                         better = engine.hook.classify_message(message=message, conversation=stored.conversation,
-                                                              tentative=decision)
-                        if better is not None:
+                                                              tentative=dataclasses.replace(decision, tentative=True))
+                        if better is None:
+                            result["llm"] = "failed (see the log): the cheap stages' route stands"
+                        else:
                             result.update(better.as_dict())
                 yield result
         finally:

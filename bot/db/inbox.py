@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Table, bindparam, delete, insert, select
 from sqlalchemy.engine import Engine as SqlEngine
 
-from bot.db.models import ConversationRow, MessageRow, ParticipantRow, RouteDecisionRow
+from bot.db.models import MessageRow, RouteDecisionRow
 from bot.db.repositories import Conversations, Participants
 from bot.errors import DuplicateEvent
 from bot.types import Conversation, RouteDecision, ThreadRef, utcnow

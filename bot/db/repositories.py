@@ -248,7 +248,12 @@ class Messages:
 
 
 def _entry(row: MessageRow) -> HistoryEntry:
-    author = "bot" if row.role == "assistant" else (row.participant.display_name or row.participant.user_id) if row.participant else "someone"
+    if row.role == "assistant":
+        author = "bot"
+    elif row.participant is not None:
+        author = row.participant.display_name or row.participant.user_id
+    else:
+        author = "someone"
     return HistoryEntry(
         id=row.id,
         role=row.role,

@@ -49,7 +49,8 @@ def test_a_malformed_manifest_gives_one_error_line_on_the_terminal(tmp_path: Pat
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
-        ("postgresql+psycopg://bot:hunter2secret@127.0.0.1:1/threadwork", "error: cannot open the database postgresql+psycopg://bot:***@127.0.0.1:1/threadwork: "),
+        ("postgresql+psycopg://bot:hunter2secret@127.0.0.1:1/threadwork",
+         "error: cannot open the database postgresql+psycopg://bot:***@127.0.0.1:1/threadwork: "),
         ("not a url at all", "error: DATABASE_URL is not a database URL"),
         ("mysql+nosuchdriver://x@127.0.0.1/db", "error: DATABASE_URL names a driver that is not installed"),
     ],

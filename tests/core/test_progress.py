@@ -62,7 +62,7 @@ def test_edits_are_coalesced_to_one_per_interval_and_the_final_state_lands() -> 
     texts = [text for _, text in thread.edits]
     assert texts[-1] == "done"
     assert len(texts) <= 4  # 0.5 s of updates at one edit per 0.3 s, plus the final one
-    gaps = [b - a for (a, _), (b, _) in zip(thread.edits, thread.edits[1:])]
+    gaps = [b - a for (a, _), (b, _) in zip(thread.edits, thread.edits[1:], strict=False)]
     assert all(gap >= 0.29 for gap in gaps)
 
 
