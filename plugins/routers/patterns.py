@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 from bot.engine import Engine
 from bot.hookspecs import hookimpl
 from bot.types import Message, Route, RouteDecision
+
+#: A line that goes on with a contrast is a report, not small talk: "thanks but it still fails".
+CONTRAST = re.compile(r"\b(?:but|still|though|however|except|although)\b", re.IGNORECASE)
 
 
 @hookimpl
@@ -12,6 +17,8 @@ def route_message(message: Message, engine: Engine) -> RouteDecision | None:
     text = message.text.strip()
     for command in engine.commands.values():
         if command.pattern is not None and command.pattern.search(text):
+            if CONTRAST.search(text):
+                return None
             return RouteDecision(Route.COMMAND, "pattern", 0.99, f"matches the {command.name!r} pattern",
                                  command=command.name, argument=text)
     return None
