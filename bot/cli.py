@@ -133,6 +133,9 @@ def _run_adapters(engine: Any, modules: list[Any]) -> None:
     for thread in threads:
         while thread.is_alive():
             thread.join(1)
+    # Adapters serve until stopped: when every one has returned, the bot is not running.
+    click.echo("error: every platform adapter has stopped; see the lines above for why", err=True)
+    sys.exit(1)
 
 
 @main.command()

@@ -99,6 +99,9 @@ class OpencodeAgent:
         ended.set()
         watchdog.join()
         stderr_reader.join(2)
+        process.stdout.close()
+        if process.stderr is not None:
+            process.stderr.close()
         final = texts[-1].strip() if texts else ""
         if stop_reason:
             return AgentOutcome(session_id, final, cancelled=stop_reason[0] == "cancel",

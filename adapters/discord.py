@@ -1,0 +1,453 @@
+"""The Discord adapter: the bot in Discord servers, threads and direct messages, on discord.py.
+
+    gateway event, on discord.py's loop ─► Message ─► engine.dispatch in a dispatch thread
+    engine and jobs, in any thread ─► DiscordPort ─► coroutine on the client's loop ─► REST
+
+Where the bot answers:
+
+- a message in a channel that mentions the bot opens a thread on that message, and the
+  conversation continues in it (ThreadRef: the channel, the thread);
+- in a thread the bot answers every message once the conversation exists there (it opened
+  the thread, or was mentioned in it before), and any message that mentions it;
+- in a direct message it answers everything (ThreadRef: the DM channel twice);
+- `/agent task:`, `/ask question:` and `/threadwork command:` are deferred at once, echoed as
+  the interaction's response, and dispatched like the typed `/agent ...`, `/ask ...` or chat
+  command; in a channel, the echo opens the thread the answer goes to;
+- the Cancel button of a run's status message dispatches `/cancel <run>` from whoever
+  clicked it, in that thread.
+
+A gateway event that a resumed connection (or Discord) delivers again is claimed once in
+`processed_events`, so it opens no second thread and gets no second answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import functools
+import logging
+import re
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
+
+import aiohttp
+import discord
+import discord.gateway
+import discord.http
+import yarl
+from discord import app_commands
+
+from adapters.discord_format import CONTENT_LIMIT, CancelButton, thread_name
+from adapters.discord_port import PLATFORM, DiscordPort, EventLoopThread, client_options
+from bot.config import DiscordPlatform, Manifest, Settings
+from bot.db.repositories import Conversations, ProcessedEvents
+from bot.engine import Engine
+from bot.errors import ConfigError, UserFacingError
+from bot.types import Message, Reply, ThreadRef
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Threads the bot opens stay active for a day without messages (Discord's default choice).
+THREAD_ARCHIVE_MINUTES = 1_440
+#: Dispatch takes about 0.2 ms, but a command's reply is posted before it returns: a few
+#: threads keep one slow post from holding up the next messages.
+DISPATCH_THREADS = 8
+#: How long `DiscordBot.start` waits for the gateway's READY.
+READY_TIMEOUT_S = 60.0
+#: Message types people write; joins, pins and "thread created" notices are not requests.
+USER_MESSAGE_TYPES = (discord.MessageType.default, discord.MessageType.reply)
+#: The invite page of Discord's OAuth2 flow.
+INVITE_URL = "https://discord.com/oauth2/authorize?client_id={client_id}&scope={scopes}&permissions={permissions}"
+#: Intents Discord only grants when they are switched on for the application.
+PRIVILEGED_INTENTS = {"message_content": "MESSAGE CONTENT INTENT", "members": "SERVER MEMBERS INTENT",
+                      "presences": "PRESENCE INTENT"}
+
+PRIVILEGED_INTENT_REFUSED = (
+    "Discord refused the privileged intents in platforms.discord.intents: enable {names} under "
+    "'Privileged Gateway Intents' on the Bot page of the application in the developer portal "
+    "(https://discord.com/developers/applications), or remove them from manifest.yml"
+)
+TOKEN_REFUSED = ("Discord refused DISCORD_TOKEN (401 Unauthorized): copy the token again from the Bot "
+                 "page of the developer portal (Reset Token) and export it")
+SOMETHING_WENT_WRONG = "Sorry, something went wrong with that message; the error is in the bot's log."
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+
+def apply_url_overrides(settings: Settings) -> None:
+    """Point discord.py at DISCORD_API_URL and DISCORD_GATEWAY_URL when they are set (process-wide).
+
+    discord.py keeps both in class attributes: `Route.BASE` for REST (with the API version)
+    and `DiscordWebSocket.DEFAULT_GATEWAY`, which a plain Client dials without asking.
+    """
+    api = settings.get("DISCORD_API_URL")
+    if api:
+        api = api.rstrip("/")
+        if not re.search(r"/api/v\d+$", api):
+            api += f"/api/v{discord.http.INTERNAL_API_VERSION}"
+        discord.http.Route.BASE = api
+    gateway = settings.get("DISCORD_GATEWAY_URL")
+    if gateway:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway)
+
+
+def gateway_intents(section: DiscordPlatform) -> discord.Intents:
+    """Return the intents the manifest names; an unknown name is a ConfigError."""
+    intents = discord.Intents.none()
+    for name in section.intents:
+        if name not in discord.Intents.VALID_FLAGS:
+            raise ConfigError(f"manifest.yml: platforms.discord.intents: unknown intent {name!r} "
+                              f"(known: {', '.join(sorted(discord.Intents.VALID_FLAGS))})")
+        setattr(intents, name, True)
+    return intents
+
+
+def bot_permissions(section: DiscordPlatform) -> discord.Permissions:
+    """Return the permissions the manifest names; an unknown name is a ConfigError."""
+    unknown = [name for name in section.permissions if name not in discord.Permissions.VALID_FLAGS]
+    if unknown:
+        raise ConfigError(f"manifest.yml: platforms.discord.permissions: unknown permission {unknown[0]!r} "
+                          "(names as in discord.Permissions, e.g. send_messages_in_threads)")
+    return discord.Permissions(**{name: True for name in section.permissions})
+
+
+def application_id(settings: Settings) -> str:
+    """Return the application id: DISCORD_CLIENT_ID, else the user id encoded in DISCORD_TOKEN."""
+    explicit = settings.get("DISCORD_CLIENT_ID")
+    if explicit:
+        if not explicit.strip().isdigit():
+            raise ConfigError("DISCORD_CLIENT_ID must be the numeric Application ID (General Information page "
+                              "of the developer portal)")
+        return explicit.strip()
+    token = settings.get("DISCORD_TOKEN")
+    if not token:
+        raise ConfigError("set DISCORD_CLIENT_ID (the Application ID on the General Information page of the "
+                          "developer portal) or DISCORD_TOKEN to print the invite URL")
+    first = token.strip().split(".", 1)[0]
+    try:
+        decoded = base64.urlsafe_b64decode(first + "=" * (-len(first) % 4)).decode("ascii")
+    except (binascii.Error, ValueError):
+        decoded = ""
+    if not decoded.isdigit():
+        raise ConfigError("DISCORD_TOKEN does not look like a bot token (its first part is not a user id); "
+                          "set DISCORD_CLIENT_ID")
+    return decoded
+
+
+def render_manifest(manifest: Manifest, settings: Settings) -> str:
+    """Return what `python -m bot manifest discord` prints: intents, permissions, the invite URL."""
+    section = manifest.platforms.discord
+    gateway_intents(section)
+    permissions = bot_permissions(section)
+    client_id = application_id(settings)
+    privileged = [PRIVILEGED_INTENTS[name] for name in section.intents if name in PRIVILEGED_INTENTS]
+    url = INVITE_URL.format(client_id=client_id, scopes="+".join(section.scopes), permissions=permissions.value)
+    lines = [
+        f"{manifest.name} on Discord (application {client_id})",
+        f"Gateway intents: {', '.join(section.intents) or '(none)'}",
+    ]
+    if privileged:
+        lines.append(f"  switch on {', '.join(privileged)} under 'Privileged Gateway Intents' on the Bot page")
+    lines += [
+        f"Bot permissions ({permissions.value}): {', '.join(section.permissions) or '(none)'}",
+        f"Scopes: {' '.join(section.scopes)}",
+        "Invite URL (open it, choose the server, authorize):",
+        url,
+    ]
+    return "\n".join(lines)
+
+
+# -- ports and serving -------------------------------------------------------------------------
+
+
+def rest_port(engine: Engine) -> DiscordPort | None:
+    """Return a port that posts through Discord's REST API alone (a worker), or None without DISCORD_TOKEN."""
+    token = engine.settings.get("DISCORD_TOKEN")
+    if not token:
+        return None
+    apply_url_overrides(engine.settings)
+    loop = EventLoopThread("discord-rest").start()
+    # It never connects to the gateway; `guilds` only keeps discord.py from warning about state.
+    client = discord.Client(intents=discord.Intents(guilds=True), **client_options())
+    return DiscordPort(client, loop, login_token=token)
+
+
+def serve(engine: Engine, *, stop: threading.Event | None = None) -> None:
+    """Run the Discord bot until its connection ends for good (or `stop` is set).
+
+    Applies the URL overrides, attaches the live port to the engine, syncs the application
+    commands. A bad manifest section, a token or an intent that Discord refuses, or a Discord
+    that cannot be reached is logged as one line saying what to do, and `serve` returns.
+    """
+    apply_url_overrides(engine.settings)
+    try:
+        bot = DiscordBot(engine)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return
+    engine.attach_port(bot.port)
+    try:
+        bot.start(ready_timeout=None)
+        bot.wait(stop)
+    except discord.PrivilegedIntentsRequired:
+        names = [PRIVILEGED_INTENTS[n] for n in engine.manifest.platforms.discord.intents if n in PRIVILEGED_INTENTS]
+        log.error(PRIVILEGED_INTENT_REFUSED.format(names=" and ".join(names) or "the privileged intents"))
+    except discord.LoginFailure:
+        log.error(TOKEN_REFUSED)
+    except (aiohttp.ClientError, OSError) as exc:
+        log.error("cannot reach Discord at %s: %s", discord.http.Route.BASE, exc)
+    finally:
+        bot.stop()
+
+
+# -- the bot -------------------------------------------------------------------------------------
+
+
+class GatewayClient(discord.Client):
+    """discord.py's client, handing every event it cares about to the `DiscordBot`."""
+
+    def __init__(self, bot: DiscordBot, **options: Any) -> None:
+        super().__init__(**options)
+        self.bot = bot
+        self.tree = app_commands.CommandTree(self)
+
+    async def setup_hook(self) -> None:
+        self.add_dynamic_items(CancelButton)
+        self.bot.add_commands(self.tree)
+        try:
+            await self.tree.sync()
+        except discord.HTTPException as exc:
+            log.warning("could not register the slash commands (%s); was the bot invited with the "
+                        "applications.commands scope?", exc)
+
+    async def on_message(self, message: discord.Message) -> None:
+        await self.bot.on_message(message)
+
+    async def cancel_clicked(self, interaction: discord.Interaction, run_id: int) -> None:
+        await self.bot.on_cancel_click(interaction, run_id)
+
+
+class DiscordBot:
+    """The gateway side: discord.py's client on its own loop thread, feeding `engine.dispatch`."""
+
+    def __init__(self, engine: Engine, *, token: str | None = None, **client_extra: Any) -> None:
+        self.engine = engine
+        self.token = token or engine.settings.get("DISCORD_TOKEN") or ""
+        self.loop = EventLoopThread("discord-gateway")
+        intents = gateway_intents(engine.manifest.platforms.discord)
+        self.client = GatewayClient(self, intents=intents, **client_options(), **client_extra)
+        self.port = DiscordPort(self.client, self.loop)
+        self._executor = ThreadPoolExecutor(DISPATCH_THREADS, thread_name_prefix="discord-dispatch")
+        self._running: Future[None] | None = None
+        self._closing = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, ready_timeout: float | None = READY_TIMEOUT_S) -> DiscordBot:
+        """Connect and return once the gateway is ready (with no timeout: at once); raise what stopped it."""
+        self.loop.start()
+        self._running = self.loop.submit(self._run_client())
+        if ready_timeout is None:
+            return self
+        deadline = time.monotonic() + ready_timeout
+        while not self.client.is_ready():
+            if self._running.done():
+                self._running.result()  # raises LoginFailure, PrivilegedIntentsRequired...
+                raise ConnectionError("the Discord client stopped before it was ready")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Discord's gateway was not ready within {ready_timeout:g}s")
+            time.sleep(0.01)
+        return self
+
+    def wait(self, stop: threading.Event | None = None) -> None:
+        """Block until the client stops for good (or `stop` is set)."""
+        assert self._running is not None
+        while stop is not None and not self._running.done():
+            if stop.wait(0.2):
+                return
+        self._running.result()
+
+    def stop(self) -> None:
+        """Take no more messages, let those being dispatched post their replies, then disconnect."""
+        self._closing = True
+        self._executor.shutdown(wait=True)
+        if self._running is not None and not self.client.is_closed():
+            self.loop.call(self.client.close(), timeout=10)
+        self.loop.stop()
+
+    def __enter__(self) -> DiscordBot:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    async def _run_client(self) -> None:
+        try:
+            await self.client.start(self.token)
+        finally:
+            if not self.client.is_closed():  # start() leaves its HTTP session open when it fails
+                await self.client.close()
+
+    # -- messages ----------------------------------------------------------------------------
+
+    async def on_message(self, message: discord.Message) -> None:
+        """Answer a person's message where the bot takes part; ignore everything else."""
+        try:
+            await self._on_message(message)
+        except Exception:  # boundary: one incoming message
+            log.exception("handling Discord message %s failed", message.id)
+
+    async def _on_message(self, message: discord.Message) -> None:
+        me = self.client.user
+        if self._closing or me is None or message.author.bot or message.author.id == me.id:
+            return
+        if message.type not in USER_MESSAGE_TYPES:
+            return
+        mentioned = self._mentions_me(message)
+        text = self._clean_text(message)
+        if not text:
+            return  # nothing to act on (or the message content intent is off)
+        channel = message.channel
+        direct = message.guild is None
+        where: ThreadRef | None
+        if direct:
+            where = ThreadRef(PLATFORM, str(channel.id), str(channel.id))
+        elif isinstance(channel, discord.Thread):
+            where = ThreadRef(PLATFORM, str(channel.parent_id), str(channel.id))
+        elif mentioned:
+            where = None  # a thread is opened on the message once it is claimed
+        else:
+            return
+        must_know = where is not None and not direct and not mentioned
+        if not await self._in_thread_pool(self._admit, where, str(message.id), must_know):
+            return
+        if where is None:
+            where = await self._open_thread(message, text)
+        author = message.author
+        await self._dispatch(Message(where=where, text=text, user_id=str(author.id), user_name=author.display_name,
+                                     external_id=str(message.id), is_direct=direct, received_at=message.created_at))
+
+    def _mentions_me(self, message: discord.Message) -> bool:
+        me = self.client.user
+        assert me is not None
+        return me.id in message.raw_mentions or any(
+            role.tags is not None and role.tags.bot_id == me.id for role in message.role_mentions)
+
+    def _clean_text(self, message: discord.Message) -> str:
+        """Return the message's text without the bot's mention, other mentions as @names, files as links."""
+        me = self.client.user
+        assert me is not None
+        text = re.sub(rf"<@!?{me.id}>\s*", "", message.content)
+        for role in message.role_mentions:
+            if role.tags is not None and role.tags.bot_id == me.id:
+                text = text.replace(f"<@&{role.id}>", "")
+        for user in message.mentions:
+            text = re.sub(rf"<@!?{user.id}>", f"@{user.display_name}", text)
+        for attachment in message.attachments:
+            text += f"\n[attached: {attachment.filename}]({attachment.url})"
+        return text.strip()
+
+    def _admit(self, where: ThreadRef | None, message_id: str, must_know: bool) -> bool:
+        """Return whether to act on the message: its thread is known if need be, and it is new."""
+        db = self.engine.db
+        if must_know:
+            assert where is not None
+            with db.reading() as session:
+                if Conversations(session).find(where) is None:
+                    return False
+        with db.session() as session:
+            return ProcessedEvents(session).claim(PLATFORM, message_id)
+
+    async def _open_thread(self, message: discord.Message, text: str) -> ThreadRef:
+        """Open a thread on the message; where that is refused, answer in the channel itself."""
+        channel_id = str(message.channel.id)
+        try:
+            thread = await message.create_thread(name=thread_name(self.engine.redact(text)),
+                                                 auto_archive_duration=THREAD_ARCHIVE_MINUTES)
+        except discord.HTTPException as exc:
+            log.warning("cannot open a thread in channel %s (%s); answering in the channel", channel_id, exc)
+            return ThreadRef(PLATFORM, channel_id, channel_id)
+        return ThreadRef(PLATFORM, channel_id, str(thread.id))
+
+    async def _dispatch(self, message: Message) -> None:
+        if not self._closing:
+            await self._in_thread_pool(self._dispatch_now, message)
+
+    def _dispatch_now(self, message: Message) -> None:
+        """Dispatch in a pool thread; tell the thread in one sentence when that fails."""
+        try:
+            self.engine.dispatch(message)
+        except UserFacingError as exc:
+            self._tell(message.where, str(exc))
+        except Exception:  # boundary: one incoming message
+            log.exception("dispatching Discord message %s failed", message.external_id)
+            self._tell(message.where, SOMETHING_WENT_WRONG)
+
+    def _tell(self, where: ThreadRef, text: str) -> None:
+        try:
+            self.port.post(where, Reply(self.engine.redact(text)))
+        except Exception:  # the platform is what failed; the log has it
+            log.exception("telling %s about a failure failed", where)
+
+    async def _in_thread_pool(self, function: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(function, *args))
+
+    # -- application commands and buttons -------------------------------------------------------
+
+    def add_commands(self, tree: app_commands.CommandTree) -> None:
+        """Register /agent, /ask and /threadwork on the client's command tree."""
+
+        @tree.command(name="agent", description="Send the coding agent to work on a task")
+        @app_commands.describe(task="What the agent should do")
+        async def agent(interaction: discord.Interaction, task: str) -> None:
+            await self.on_app_command(interaction, f"/agent {task}", title=task)
+
+        @tree.command(name="ask", description="Ask a question, answered in chat (never starts the agent)")
+        @app_commands.describe(question="Your question")
+        async def ask(interaction: discord.Interaction, question: str) -> None:
+            await self.on_app_command(interaction, f"/ask {question}", title=question)
+
+        @tree.command(name="threadwork", description="Run one of the bot's chat commands (help, history, runs...)")
+        @app_commands.describe(command="The command and its arguments, e.g. help or history 5")
+        async def threadwork(interaction: discord.Interaction, command: str) -> None:
+            command = command.strip()
+            await self.on_app_command(interaction, command if command[:1] in "/!" else f"/{command}")
+
+    async def on_app_command(self, interaction: discord.Interaction, text: str, *, title: str | None = None) -> None:
+        """Defer at once, echo the request as the response, then dispatch it in its thread."""
+        await interaction.response.defer(thinking=True)
+        try:
+            user = interaction.user
+            echo = self.engine.redact(f"**{user.display_name}**: {text}")[:CONTENT_LIMIT]
+            original = await interaction.edit_original_response(content=echo)
+            channel = interaction.channel
+            direct = interaction.guild is None
+            if direct or channel is None:
+                channel_id = str(interaction.channel_id)
+                where = ThreadRef(PLATFORM, channel_id, channel_id)
+            elif isinstance(channel, discord.Thread):
+                where = ThreadRef(PLATFORM, str(channel.parent_id), str(channel.id))
+            else:
+                where = await self._open_thread(original, title or text)
+            await self._dispatch(Message(where=where, text=text, user_id=str(user.id), user_name=user.display_name,
+                                         external_id=str(interaction.id), is_direct=direct))
+        except Exception:  # boundary: one interaction; "thinking…" must not stay forever
+            log.exception("handling Discord command %r failed", text)
+            await interaction.edit_original_response(content=SOMETHING_WENT_WRONG)
+
+    async def on_cancel_click(self, interaction: discord.Interaction, run_id: int) -> None:
+        """Acknowledge the click at once, then dispatch `/cancel <run>` from the clicker."""
+        await interaction.response.defer()  # a component's defer: no visible change, no "thinking"
+        channel = interaction.channel
+        channel_id = str(interaction.channel_id)
+        parent = getattr(channel, "parent_id", None)
+        where = ThreadRef(PLATFORM, str(parent) if parent else channel_id, channel_id)
+        user = interaction.user
+        await self._dispatch(Message(where=where, text=f"/cancel {run_id}", user_id=str(user.id),
+                                     user_name=user.display_name, external_id=str(interaction.id),
+                                     is_direct=interaction.guild is None))

@@ -1,0 +1,281 @@
+"""The Discord `ChatPort`: posts, edits and uploads through discord.py's REST client, from any thread.
+
+The engine and the jobs are synchronous and run in many threads; discord.py is asyncio. The
+port runs nothing itself: each call is a coroutine submitted to the loop of its client (the
+gateway's loop in `serve`; a private one for a worker's REST-only port) with
+`asyncio.run_coroutine_threadsafe`, and the calling thread waits for the result with a timeout.
+Only the calling thread waits; the loop keeps serving the gateway and other calls.
+
+Rate limits: discord.py waits out a 429 by itself (up to `MAX_RATELIMIT_WAIT_S`, beyond which
+it raises). An edit of a partial reply (a status or an answer that will be edited again) must
+not wait: it is sent once and a 429 comes back as `bot.errors.RateLimited`, so
+`bot.progress.LiveMessage` coalesces the next edits instead of queueing them. Final edits,
+posts and uploads wait, because they must land.
+
+Long texts (`split_markdown`): a post becomes several messages and returns the first one's
+id. An edit of that id edits the first message and edits, posts or deletes the follow-up
+messages to match (the port remembers them); past `REPLY_ATTACH_THRESHOLD` characters the
+first message holds the beginning and the whole text is attached as `answer.md`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import io
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import aiohttp
+import discord
+
+from adapters.discord_format import CONTENT_LIMIT, split_markdown, status_embed, status_view, too_big_notice
+from bot import constants
+from bot.errors import RateLimited
+from bot.types import Attachment, Reply, ThreadRef
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+PLATFORM = "discord"
+#: discord.py sleeps on a 429 up to this long and raises `discord.RateLimited` beyond it
+#: (30 s is the smallest value discord.py accepts for `max_ratelimit_timeout`).
+MAX_RATELIMIT_WAIT_S = 30.0
+#: A port call gives up after this long: more than a waited-out rate limit plus the request.
+CALL_TIMEOUT_S = 60.0
+#: Uploads carry up to 25 MiB; give them longer.
+UPLOAD_TIMEOUT_S = 180.0
+#: Discord takes at most 25 MiB per request, whatever the guild's per-file limit (PLATFORM_FACTS).
+REQUEST_BYTES_LIMIT = 25 * 1024 * 1024
+#: How many long messages the port remembers the follow-up parts of (for later edits).
+REMEMBERED_MESSAGES = 1_000
+#: Posted for a reply with no text at all (Discord refuses an empty message).
+EMPTY_TEXT = "…"
+#: The file a reply longer than `REPLY_ATTACH_THRESHOLD` is attached as.
+LONG_REPLY_FILENAME = "answer.md"
+
+#: Bot messages ping nobody: a model's or agent's text must not notify @everyone or a user.
+NO_MENTIONS = discord.AllowedMentions.none()
+
+_NO_WAIT: contextvars.ContextVar[bool] = contextvars.ContextVar("threadwork_discord_no_wait", default=False)
+
+
+class _TooManyRequests(Exception):
+    """A 429 seen by a request that asked not to wait for it."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"retry after {retry_after:g}s")
+        self.retry_after = retry_after
+
+
+async def _on_request_end(session: aiohttp.ClientSession, context: Any, params: aiohttp.TraceRequestEndParams) -> None:
+    # Runs inside discord.py's request, before its retry loop sees the 429: raising here ends
+    # the request instead of sleeping through it.
+    response = params.response
+    if response.status != 429 or not _NO_WAIT.get():
+        return
+    try:
+        retry_after = float((await response.json(content_type=None))["retry_after"])
+    except (ValueError, KeyError, TypeError, aiohttp.ClientError):
+        retry_after = float(response.headers.get("Retry-After", "1"))
+    raise _TooManyRequests(retry_after)
+
+
+def client_options() -> dict[str, Any]:
+    """Return the discord.Client options every Threadwork client uses (rate limits, mentions)."""
+    # The bot never joins a voice channel: discord.py's warnings about voice libraries are noise.
+    discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
+    trace = aiohttp.TraceConfig()
+    trace.on_request_end.append(_on_request_end)
+    return {"max_ratelimit_timeout": MAX_RATELIMIT_WAIT_S, "http_trace": trace, "allowed_mentions": NO_MENTIONS}
+
+
+class EventLoopThread:
+    """An asyncio loop in its own daemon thread; other threads run coroutines on it and wait."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+
+    def start(self) -> EventLoopThread:
+        self._thread.start()
+        return self
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Schedule the coroutine on the loop; return its future."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = CALL_TIMEOUT_S) -> T:
+        """Run the coroutine on the loop and return its result; raise TimeoutError after `timeout`."""
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError("a blocking Discord call from the client's own loop would deadlock it")
+        future = self.submit(coro)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"Discord did not answer within {timeout:g}s") from None
+
+    def stop(self) -> None:
+        """Cancel what still runs on the loop, stop it and close it."""
+        if not self._thread.is_alive():
+            return
+
+        async def cancel_rest() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        self.call(cancel_rest(), timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+
+class DiscordPort:
+    """Posts, edits and uploads into Discord threads for the engine, from any thread."""
+
+    platform = PLATFORM
+
+    def __init__(self, client: discord.Client, loop: EventLoopThread, *, login_token: str | None = None) -> None:
+        self._client = client
+        self._loop = loop
+        #: Set for a REST-only port: it logs in (no gateway) before its first call.
+        self._login_token = login_token
+        self._login_lock: asyncio.Lock | None = None
+        # Touched only on the loop, so no lock: message id -> its follow-up messages / last content.
+        self._follow_ups: OrderedDict[int, list[int]] = OrderedDict()
+        self._contents: OrderedDict[int, str | None] = OrderedDict()
+
+    # -- ChatPort ------------------------------------------------------------------------------
+
+    def post(self, where: ThreadRef, reply: Reply) -> str:
+        return self._call(self._post(where, reply))
+
+    def edit(self, where: ThreadRef, message_id: str, reply: Reply) -> None:
+        self._call(self._edit(where, int(message_id), reply))
+
+    def upload(self, where: ThreadRef, attachment: Attachment) -> str:
+        return self._call(self._upload(where, attachment), timeout=UPLOAD_TIMEOUT_S)
+
+    def close(self) -> None:
+        """Close a REST-only port's client and loop (a gateway's port closes with its bot)."""
+        if self._login_token is not None:
+            self._loop.call(self._client.close())
+            self._loop.stop()
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float = CALL_TIMEOUT_S) -> T:
+        try:
+            return self._loop.call(self._logged_in(coro), timeout)
+        except (_TooManyRequests, discord.RateLimited) as exc:
+            raise RateLimited(exc.retry_after, "Discord rate limit") from None
+
+    async def _logged_in(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._login_token is not None and self._client.user is None:
+            self._login_lock = self._login_lock or asyncio.Lock()
+            async with self._login_lock:
+                if self._client.user is None:
+                    await self._client.login(self._login_token)
+        return await coro
+
+    # -- on the loop ---------------------------------------------------------------------------
+
+    async def _post(self, where: ThreadRef, reply: Reply) -> str:
+        channel = self._channel(where)
+        if reply.status is not None:
+            view = status_view(reply.status)
+            sent = await channel.send(embed=status_embed(reply.status), **({"view": view} if view else {}))
+            self._remember(sent.id, None, [])
+            return str(sent.id)
+        parts, file = _layout(reply)
+        head = await channel.send(parts[0], **({"file": file} if file else {}))
+        follow_ups = [(await channel.send(part)).id for part in parts[1:]]
+        self._remember(head.id, parts[0], follow_ups)
+        for message_id, part in zip(follow_ups, parts[1:]):
+            self._remember(message_id, part, [])
+        return str(head.id)
+
+    async def _edit(self, where: ThreadRef, message_id: int, reply: Reply) -> None:
+        _NO_WAIT.set(reply.partial)  # this task's requests only: a 429 raises instead of waiting
+        channel = self._channel(where)
+        if reply.status is not None:
+            await channel.get_partial_message(message_id).edit(content=None, embed=status_embed(reply.status),
+                                                               view=status_view(reply.status))
+            self._remember(message_id, None, self._follow_ups.get(message_id, []))
+            return
+        parts, file = _layout(reply)
+        if file is not None or self._contents.get(message_id, "") != parts[0]:
+            extra = {"attachments": [file]} if file else {}
+            await channel.get_partial_message(message_id).edit(content=parts[0], embeds=[], view=None, **extra)
+            self._remember(message_id, parts[0], self._follow_ups.get(message_id, []))
+        await self._match_follow_ups(channel, message_id, parts[1:])
+
+    async def _match_follow_ups(self, channel: discord.PartialMessageable, head_id: int, parts: list[str]) -> None:
+        """Edit, post or delete the messages after the first so they hold `parts`."""
+        known = list(self._follow_ups.get(head_id, []))
+        for index, part in enumerate(parts):
+            if index < len(known):
+                if self._contents.get(known[index]) != part:
+                    await channel.get_partial_message(known[index]).edit(content=part)
+                    self._remember(known[index], part, [])
+            else:
+                sent = await channel.send(part)
+                known.append(sent.id)
+                self._remember(sent.id, part, [])
+            self._remember(head_id, self._contents.get(head_id), known)
+        for surplus in known[len(parts):]:
+            await channel.get_partial_message(surplus).delete()
+            self._contents.pop(surplus, None)
+        self._remember(head_id, self._contents.get(head_id), known[: len(parts)])
+
+    async def _upload(self, where: ThreadRef, attachment: Attachment) -> str:
+        channel = self._channel(where)
+        limit, in_server = self._file_limit(where)
+        size = len(attachment.data)
+        if size > limit:
+            notice = await channel.send(too_big_notice(attachment.filename, size, limit, in_server=in_server))
+            return str(notice.id)
+        file = discord.File(io.BytesIO(attachment.data), filename=attachment.filename,
+                            description=attachment.title[:1024] or None)
+        comment = attachment.comment[:CONTENT_LIMIT] or None
+        sent = await channel.send(comment, file=file)
+        return str(sent.attachments[0].id if sent.attachments else sent.id)
+
+    def _channel(self, where: ThreadRef) -> discord.PartialMessageable:
+        return self._client.get_partial_messageable(int(where.thread))
+
+    def _file_limit(self, where: ThreadRef) -> tuple[int, bool]:
+        """Return the upload limit where the thread is, and whether it is in a server."""
+        channel = self._client.get_channel(int(where.thread)) or self._client.get_channel(int(where.channel))
+        guild = getattr(channel, "guild", None)
+        if guild is not None:
+            return min(guild.filesize_limit, REQUEST_BYTES_LIMIT), True
+        # Not cached (a worker's REST-only port) or a DM: Discord's default. A thread's parent
+        # channel differs from it; a DM's "thread" is the DM channel itself.
+        return constants.DISCORD_DEFAULT_FILE_LIMIT, where.channel != where.thread
+
+    def _remember(self, message_id: int, content: str | None, follow_ups: list[int]) -> None:
+        for store, value in ((self._contents, content), (self._follow_ups, follow_ups)):
+            store[message_id] = value  # type: ignore[index]
+            store.move_to_end(message_id)
+            while len(store) > REMEMBERED_MESSAGES:
+                store.popitem(last=False)
+
+
+def _layout(reply: Reply) -> tuple[list[str], discord.File | None]:
+    """Return the messages a text reply takes, and the file that holds it whole if it is long."""
+    text = reply.text if reply.text.strip() else EMPTY_TEXT
+    if len(text) <= constants.REPLY_ATTACH_THRESHOLD:
+        return split_markdown(text), None
+    if reply.partial:
+        note = "\n\n…"
+        return [split_markdown(text, CONTENT_LIMIT - len(note))[0] + note], None
+    note = f"\n\n*{len(text):,} characters in all: the whole answer is attached as {LONG_REPLY_FILENAME}.*"
+    head = split_markdown(text, CONTENT_LIMIT - len(note))[0] + note
+    return [head], discord.File(io.BytesIO(text.encode("utf-8")), filename=LONG_REPLY_FILENAME)
