@@ -1,0 +1,432 @@
+"""The Slack adapter: mentions, direct messages and thread replies in; posts, edits and files out.
+
+    Slack ─► Socket Mode (default) or HTTP (signed requests) ─► Bolt App ─► ack (at once)
+        ─► Bolt's listener thread: filter ─► claim the event id (durably) ─► engine.dispatch
+    engine / workers ─► SlackPort: chat.postMessage, chat.update, files_upload_v2 (Web API only)
+
+Bolt acknowledges Events API envelopes before a listener runs (`process_before_response` is
+off), and the slash-command and button listeners call `ack()` first, so the 3-second budget
+never waits on the database or the Web API. Slack re-delivers an event it thinks was lost, so
+each event id is claimed in `processed_events` before it is dispatched: a re-delivery does
+nothing. A worker anywhere needs only `SLACK_BOT_TOKEN` to post and edit (`web_api_port`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from slack_bolt import App
+from slack_bolt.adapter.socket_mode import SocketModeHandler
+from slack_bolt.adapter.wsgi import SlackRequestHandler
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web import SlackResponse
+from sqlalchemy import text as sql
+
+from adapters.slack_format import (
+    CANCEL_ACTION_ID,
+    SLACK_EDIT_SAFE_LIMIT,
+    escape,
+    fit,
+    from_slack,
+    status_blocks,
+    to_mrkdwn,
+)
+from adapters.slack_manifest import EVENTS_PATH, render_manifest
+from bot import constants
+from bot.config import missing_credentials
+from bot.db.repositories import Conversations, ProcessedEvents
+from bot.engine import Engine
+from bot.errors import ConfigError, RateLimited, UserFacingError
+from bot.types import Attachment, Message, Reply, ThreadRef
+
+__all__ = ["PLATFORM", "SlackAdapter", "SlackPort", "render_manifest", "serve", "web_api_port"]
+
+log = logging.getLogger(__name__)
+PLATFORM = "slack"
+
+#: Slack's Web API, unless SLACK_API_URL points the client elsewhere (slack_sdk's default).
+DEFAULT_API_URL = "https://slack.com/api/"
+#: Seconds a Web API request may take before it counts as failed (slack_sdk defaults to 30).
+WEB_API_TIMEOUT_S = 30
+#: Where HTTP mode answers load balancers and uptime checks.
+HEALTH_PATH = "/healthz"
+#: Threads running listeners after the ack (Bolt's default pool has 5); each is brief.
+LISTENER_THREADS = 10
+#: A slash command's thread starter is posted by the adapter itself: it waits out 429s this long.
+THREAD_STARTER_DEADLINE_S = 10.0
+#: Slack message subtypes that are a person speaking; edits, joins and bot posts are not.
+SPOKEN_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})
+#: The slash commands the app registers (manifest.yml lists the same): `/agent` and `/ask` become
+#: the same chat line; `/threadwork` passes a chat command or a request on.
+SLASH_COMMANDS = ("/agent", "/ask", "/threadwork")
+#: Display names are looked up once per user (users.info) and kept this many at most.
+USER_NAME_CACHE = 2_000
+
+SORRY = "Sorry, something went wrong while handling that message; the error is in the bot's log."
+
+
+def api_url(settings: Any) -> str:
+    """Return the Web API base URL: SLACK_API_URL (with its trailing slash) or Slack's."""
+    url = settings.get("SLACK_API_URL") or DEFAULT_API_URL
+    return url if url.endswith("/") else url + "/"
+
+
+def web_client(settings: Any) -> WebClient:
+    """Return a Web API client with the bot token, at SLACK_API_URL; it retries no 429 by itself."""
+    return WebClient(token=settings.get("SLACK_BOT_TOKEN"), base_url=api_url(settings), timeout=WEB_API_TIMEOUT_S)
+
+
+@contextmanager
+def _rate_limits() -> Iterator[None]:
+    """Turn Slack's 429 into `RateLimited`, so the caller (LiveMessage) waits without blocking others."""
+    try:
+        yield
+    except SlackApiError as exc:
+        if exc.response is not None and exc.response.status_code == 429:
+            raise RateLimited(_retry_after(exc.response), "Slack rate limit") from None
+        raise
+
+
+def _retry_after(response: SlackResponse) -> float:
+    headers = {key.lower(): value for key, value in (response.headers or {}).items()}
+    value = headers.get("retry-after")
+    if isinstance(value, list):
+        value = value[0] if value else None
+    try:
+        return max(float(value), 0.0) if value is not None else 1.0
+    except ValueError:
+        return 1.0
+
+
+def _error_code(exc: SlackApiError) -> str:
+    return str((exc.response or {}).get("error", "")) if exc.response is not None else ""
+
+
+class SlackPort:
+    """The engine's `ChatPort` for Slack: mrkdwn posts and edits in threads, files into threads."""
+
+    platform = PLATFORM
+
+    def __init__(self, client: WebClient) -> None:
+        self.client = client
+
+    def post(self, where: ThreadRef, reply: Reply) -> str:
+        with _rate_limits():
+            response = self.client.chat_postMessage(channel=where.channel, thread_ts=where.thread or None,
+                                                    unfurl_links=False, **_content(reply, constants.SLACK_TEXT_LIMIT))
+        return str(response["ts"])
+
+    def edit(self, where: ThreadRef, message_id: str, reply: Reply) -> None:
+        with _rate_limits():
+            try:
+                self.client.chat_update(channel=where.channel, ts=message_id,
+                                        **_content(reply, constants.SLACK_TEXT_LIMIT))
+            except SlackApiError as exc:
+                if _error_code(exc) != "msg_too_long":
+                    raise
+                # Slack refuses long edits well below its 40k cap: show the safe part.
+                self.client.chat_update(channel=where.channel, ts=message_id,
+                                        **_content(reply, SLACK_EDIT_SAFE_LIMIT))
+
+    def upload(self, where: ThreadRef, attachment: Attachment) -> str:
+        with _rate_limits():
+            response = self.client.files_upload_v2(
+                channel=where.channel, thread_ts=where.thread or None, content=attachment.data,
+                filename=attachment.filename, title=attachment.title or attachment.filename,
+                initial_comment=to_mrkdwn(attachment.comment) if attachment.comment else None)
+        return str(response["file"]["id"])
+
+
+def _content(reply: Reply, limit: int) -> dict[str, Any]:
+    """Return the text and blocks of a post or edit; blocks are always sent, so an edit replaces them."""
+    if reply.status is None:  # an empty text (an answer about to stream in) shows that something comes
+        return {"text": fit(to_mrkdwn(reply.text), limit) or "…", "blocks": []}
+    return {"text": fit(to_mrkdwn(reply.text), constants.STATUS_TEXT_LIMIT), "blocks": status_blocks(reply.status)}
+
+
+class SlackAdapter:
+    """Slack's events, slash commands and button clicks, turned into the engine's messages."""
+
+    def __init__(self, engine: Engine, client: WebClient, *, app_token: str | None = None,
+                 signing_secret: str | None = None) -> None:
+        self.engine = engine
+        self.client = client
+        self.port = SlackPort(client)
+        self.app_token = app_token
+        http = signing_secret is not None
+        self.app = App(
+            client=client,
+            signing_secret=signing_secret or "",
+            request_verification_enabled=http,
+            process_before_response=False,
+            listener_executor=ThreadPoolExecutor(LISTENER_THREADS, thread_name_prefix="slack-listener"),
+            logger=logging.getLogger(f"{__name__}.bolt"),
+        )
+        self.app.event("app_mention")(self._on_event)
+        self.app.event("message")(self._on_event)
+        for command in SLASH_COMMANDS:
+            self.app.command(command)(self._on_command)
+        self.app.action(CANCEL_ACTION_ID)(self._on_cancel)
+        self.handler: SocketModeHandler | None = None
+        self.http_server: WSGIServer | None = None
+        self._names: dict[str, str] = {}
+        self._names_lock = threading.Lock()
+
+    # -- connections --------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Open the Socket Mode connection (SLACK_APP_TOKEN); events flow until `close`."""
+        if not self.app_token:
+            raise ConfigError("Socket Mode needs SLACK_APP_TOKEN (an app-level xapp- token with connections:write)")
+        self.handler = SocketModeHandler(self.app, app_token=self.app_token)
+        self.handler.connect()
+
+    def listen(self, host: str, port: int) -> int:
+        """Serve HTTP mode (signed requests at /slack/events, health at /healthz); return the port."""
+        bolt = SlackRequestHandler(self.app, path=EVENTS_PATH)
+
+        def application(environ: dict[str, Any], start_response: Any) -> Any:
+            if environ.get("PATH_INFO") == HEALTH_PATH:
+                return self._health(start_response)
+            return bolt(environ, start_response)
+
+        self.http_server = make_server(host, port, application, server_class=_ThreadingWSGIServer,
+                                       handler_class=_QuietHandler)
+        threading.Thread(target=self.http_server.serve_forever, name="slack-http", daemon=True).start()
+        return self.http_server.server_port
+
+    def close(self) -> None:
+        """Close the Socket Mode connection or the HTTP server."""
+        if self.handler is not None:
+            self.handler.close()
+            self.handler = None
+        if self.http_server is not None:
+            self.http_server.shutdown()
+            self.http_server.server_close()
+            self.http_server = None
+
+    def _health(self, start_response: Any) -> list[bytes]:
+        try:
+            with self.engine.db.reading() as session:
+                session.execute(sql("select 1"))
+            status, body = "200 OK", {"ok": True}
+        except Exception:  # boundary: a health probe reports, it never raises
+            log.exception("health check: the database is unreachable")
+            status, body = "503 Service Unavailable", {"ok": False, "error": "database unavailable"}
+        start_response(status, [("Content-Type", "application/json")])
+        return [json.dumps(body).encode()]
+
+    # -- listeners (each runs after Slack has its ack) ---------------------------------------------
+
+    def _on_event(self, body: dict[str, Any], event: dict[str, Any], context: Any) -> None:
+        try:
+            message = self._message_from(event, context.bot_user_id)
+            if message is None or not self._first_delivery(body["event_id"]):
+                return
+        except Exception:  # boundary: one incoming event (its message is not known yet)
+            log.exception("reading Slack event %s failed", body.get("event_id"))
+            return
+        self._dispatch(message)
+
+    def _on_command(self, ack: Any, command: dict[str, Any], respond: Any) -> None:
+        ack()  # Slack shows the user an error unless this lands within 3 s: before any Web API call
+        name, user, channel = command["command"], command["user_id"], command["channel_id"]
+        argument = from_slack(command.get("text") or "")
+        try:
+            thread = self._start_thread(channel, f"<@{user}> {name} {escape(self.engine.redact(argument))}".strip())
+        except RateLimited:
+            respond(text="Slack is asking me to slow down; please try again in a minute.", response_type="ephemeral")
+            return
+        except SlackApiError as exc:
+            log.warning("slash command %s: cannot post in %s (%s)", name, channel, _error_code(exc))
+            respond(text=f"I can't post in this conversation. Invite me first (`/invite @{self.engine.manifest.name}`),"
+                         " or talk to me in a direct message.", response_type="ephemeral")
+            return
+        self._dispatch(Message(where=ThreadRef(PLATFORM, channel, thread), text=self._chat_line(name, argument),
+                               user_id=user, user_name=self._user_name(user), external_id=thread,
+                               is_direct=channel.startswith("D")))
+
+    def _on_cancel(self, ack: Any, body: dict[str, Any]) -> None:
+        ack()
+        run_id = str(body["actions"][0].get("value", ""))
+        channel = (body.get("channel") or {}).get("id") or body["container"]["channel_id"]
+        thread = (body.get("message") or {}).get("thread_ts") or body["container"].get("message_ts")
+        if not run_id.isdigit() or not thread:
+            log.warning("cancel click without a run id or thread: %r", body.get("actions"))
+            return
+        user = body["user"]["id"]
+        self._dispatch(Message(where=ThreadRef(PLATFORM, channel, thread), text=f"/cancel {run_id}", user_id=user,
+                               user_name=self._user_name(user), is_direct=channel.startswith("D")))
+
+    # -- from Slack to the engine -----------------------------------------------------------------
+
+    def _message_from(self, event: dict[str, Any], bot_user_id: str | None) -> Message | None:
+        """Return the engine's message for an event the bot should act on, or None to ignore it."""
+        user = event.get("user")
+        if event.get("bot_id") or event.get("subtype") not in SPOKEN_SUBTYPES or not user or user == bot_user_id:
+            return None  # the bot's own posts, other bots, edits, joins
+        channel, ts = event["channel"], event["ts"]
+        raw = event.get("text") or ""
+        is_direct = event.get("channel_type") == "im"
+        where = ThreadRef(PLATFORM, channel, event.get("thread_ts") or ts)
+        if event["type"] == "message" and not is_direct:
+            if bot_user_id and f"<@{bot_user_id}" in raw:
+                return None  # the app_mention event carries it
+            if not event.get("thread_ts") or not self._takes_part_in(where):
+                return None  # chatter the bot was not asked into
+        text = from_slack(raw, bot_user_id) or "help"
+        return Message(where=where, text=text, user_id=user, user_name=self._user_name(user), external_id=ts,
+                       is_direct=is_direct, received_at=datetime.fromtimestamp(float(ts), timezone.utc))
+
+    def _first_delivery(self, event_id: str) -> bool:
+        """Record the event id durably; return False when Slack delivered it before (a retry)."""
+        with self.engine.db.session() as session:
+            first = ProcessedEvents(session).claim(PLATFORM, event_id)
+        if not first:
+            log.info("slack event %s delivered again; already handled", event_id)
+        return first
+
+    def _takes_part_in(self, where: ThreadRef) -> bool:
+        with self.engine.db.reading() as session:
+            return Conversations(session).find(where) is not None
+
+    def _chat_line(self, name: str, argument: str) -> str:
+        """Return the chat line a slash command stands for: `/agent x`, `/ask x`, `/history`, a request."""
+        if name != "/threadwork":
+            return f"{name} {argument}".strip()
+        if not argument:
+            return "help"
+        first = argument.split(maxsplit=1)[0].lstrip("/!").lower()
+        is_command = first in self.engine.commands or first in ("agent", "ask")
+        return "/" + argument.lstrip("/!") if is_command else argument
+
+    def _dispatch(self, message: Message) -> None:
+        """Hand one message to the engine; tell the thread in one sentence if that fails."""
+        try:
+            self.engine.dispatch(message)
+        except UserFacingError as exc:
+            self._tell(message.where, str(exc))
+        except Exception:  # boundary: one incoming message
+            log.exception("handling a Slack message in %s failed", message.where)
+            self._tell(message.where, SORRY)
+
+    def _tell(self, where: ThreadRef, text: str) -> None:
+        try:
+            self.port.post(where, Reply(self.engine.redact(text)))
+        except Exception:  # boundary: the apology itself failed; the log has both
+            log.exception("telling %s about a failure failed", where)
+
+    def _start_thread(self, channel: str, text: str) -> str:
+        """Post a top-level message (waiting out 429s for a while) and return its ts."""
+        deadline = time.monotonic() + THREAD_STARTER_DEADLINE_S
+        while True:
+            try:
+                with _rate_limits():
+                    return str(self.client.chat_postMessage(channel=channel, text=fit(text, SLACK_EDIT_SAFE_LIMIT),
+                                                            unfurl_links=False)["ts"])
+            except RateLimited as exc:
+                if time.monotonic() + exc.retry_after > deadline:
+                    raise
+                time.sleep(exc.retry_after)
+
+    def _user_name(self, user_id: str) -> str:
+        """Return the person's display name (users.info, cached), or the id when Slack won't say."""
+        with self._names_lock:
+            if user_id in self._names:
+                return self._names[user_id]
+        try:
+            with _rate_limits():
+                user = self.client.users_info(user=user_id)["user"]
+        except (SlackApiError, RateLimited) as exc:
+            log.info("users.info %s: %s", user_id, exc)
+            return user_id
+        profile = user.get("profile") or {}
+        name = profile.get("display_name") or profile.get("real_name") or user.get("real_name") or user.get("name")
+        with self._names_lock:
+            if len(self._names) >= USER_NAME_CACHE:
+                self._names.clear()
+            self._names[user_id] = name or user_id
+        return name or user_id
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    """One thread per request, so a slow request never holds up another's 3-second ack."""
+
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the stdlib's name)
+        log.debug("http: " + format, *args)
+
+
+# -- what the rest of the bot calls ---------------------------------------------------------------
+
+
+def web_api_port(engine: Engine) -> SlackPort | None:
+    """Return a port that posts and edits through the Web API alone (for workers), or None without a token."""
+    if not engine.settings.get("SLACK_BOT_TOKEN"):
+        return None
+    return SlackPort(web_client(engine.settings))
+
+
+def build_adapter(engine: Engine) -> SlackAdapter:
+    """Return the adapter the manifest and environment describe, its bot token checked with Slack."""
+    settings, slack = engine.settings, engine.manifest.platforms.slack
+    missing = missing_credentials(PLATFORM, engine.manifest, settings)
+    if missing:
+        raise ConfigError(f"Slack ({slack.mode} mode) needs {', '.join(missing)}; see the README, Slack")
+    client = web_client(settings)
+    try:
+        client.auth_test()  # Bolt checks the token too, but its error does not say why
+    except SlackApiError as exc:
+        raise ConfigError(f"Slack refused SLACK_BOT_TOKEN ({_error_code(exc)}): use the app's Bot User OAuth Token "
+                          "(xoxb-) from its Install App page") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot reach Slack's Web API at {api_url(settings)}: {exc}") from None
+    return SlackAdapter(engine, client, app_token=settings.get("SLACK_APP_TOKEN"),
+                        signing_secret=settings.get("SLACK_SIGNING_SECRET") if slack.mode == "http" else None)
+
+
+def serve(engine: Engine, stop: threading.Event | None = None) -> None:
+    """Run the Slack adapter (Socket Mode, or HTTP per `platforms.slack.mode`) until `stop` is set.
+
+    Attaches the live port to the engine first. Credentials Slack refuses, a Slack that cannot
+    be reached or a port already taken are logged as one line saying what to do, and `serve`
+    returns.
+    """
+    slack = engine.manifest.platforms.slack
+    try:
+        adapter = build_adapter(engine)
+    except ConfigError as exc:
+        log.error("slack: %s", exc)
+        return
+    engine.attach_port(adapter.port)
+    try:
+        if slack.mode == "http":
+            port = adapter.listen(slack.http_host, slack.http_port)
+            log.info("slack: HTTP mode on %s:%s (events at %s, health at %s)", slack.http_host, port, EVENTS_PATH,
+                     HEALTH_PATH)
+        else:
+            adapter.connect()
+            log.info("slack: connected over Socket Mode")
+        (stop or threading.Event()).wait()
+    except SlackApiError as exc:  # apps.connections.open refused the app-level token
+        log.error("slack: Slack refused SLACK_APP_TOKEN (%s): generate an app-level token (xapp-) with the "
+                  "connections:write scope under Basic Information, App-Level Tokens", _error_code(exc))
+    except OSError as exc:
+        log.error("slack: cannot start (%s): check SLACK_API_URL, or that port %s is free (platforms.slack.http_port)",
+                  exc, slack.http_port)
+    finally:
+        adapter.close()
