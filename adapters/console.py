@@ -23,7 +23,6 @@ from typing import Any, Protocol, TextIO
 from bot import constants
 from bot.db.repositories import Runs
 from bot.engine import Engine
-from bot.errors import UserFacingError
 from bot.pubsub import Subscription
 from bot.types import Attachment, Message, Reply, RunState, RunStatus, ThreadRef
 
@@ -259,14 +258,8 @@ class ConsoleChat:
 
     def send(self, text: str) -> None:
         """Dispatch one line as a message from the person at the terminal."""
-        try:
-            dispatched = self.engine.dispatch(
-                Message(where=self.where, text=text, user_id=self.user, user_name=self.user)
-            )
-        except UserFacingError as exc:
-            self.view.notice(str(exc))
-            return
-        if dispatched.job_id:
+        dispatched = self.engine.receive(Message(where=self.where, text=text, user_id=self.user, user_name=self.user))
+        if dispatched is not None and dispatched.job_id:
             self._jobs.append(dispatched.job_id)
 
     def drain(self, timeout: float = constants.CONSOLE_DRAIN_TIMEOUT_S) -> None:

@@ -44,9 +44,9 @@ from adapters.discord_format import CONTENT_LIMIT, CancelButton, thread_name
 from adapters.discord_port import PLATFORM, DiscordPort, EventLoopThread, client_options
 from bot.config import DiscordPlatform, Manifest, Settings
 from bot.db.repositories import Conversations, ProcessedEvents
-from bot.engine import Engine
-from bot.errors import ConfigError, UserFacingError
-from bot.types import Message, Reply, ThreadRef
+from bot.engine import SOMETHING_WENT_WRONG, Engine
+from bot.errors import ConfigError
+from bot.types import Message, ThreadRef
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -73,7 +73,6 @@ PRIVILEGED_INTENT_REFUSED = (
 )
 TOKEN_REFUSED = ("Discord refused DISCORD_TOKEN (401 Unauthorized): copy the token again from the Bot "
                  "page of the developer portal (Reset Token) and export it")
-SOMETHING_WENT_WRONG = "Sorry, something went wrong with that message; the error is in the bot's log."
 
 
 # -- configuration -------------------------------------------------------------------------------
@@ -379,20 +378,7 @@ class DiscordBot:
             await self._in_thread_pool(self._dispatch_now, message)
 
     def _dispatch_now(self, message: Message) -> None:
-        """Dispatch in a pool thread; tell the thread in one sentence when that fails."""
-        try:
-            self.engine.dispatch(message)
-        except UserFacingError as exc:
-            self._tell(message.where, str(exc))
-        except Exception:  # boundary: one incoming message
-            log.exception("dispatching Discord message %s failed", message.external_id)
-            self._tell(message.where, SOMETHING_WENT_WRONG)
-
-    def _tell(self, where: ThreadRef, text: str) -> None:
-        try:
-            self.port.post(where, Reply(self.engine.redact(text)))
-        except Exception:  # the platform is what failed; the log has it
-            log.exception("telling %s about a failure failed", where)
+        self.engine.receive(message)
 
     async def _in_thread_pool(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(function, *args))

@@ -197,7 +197,7 @@ class DiscordPort:
         head = await channel.send(parts[0], **({"file": file} if file else {}))
         follow_ups = [(await channel.send(part)).id for part in parts[1:]]
         self._remember(head.id, parts[0], follow_ups)
-        for message_id, part in zip(follow_ups, parts[1:]):
+        for message_id, part in zip(follow_ups, parts[1:], strict=True):
             self._remember(message_id, part, [])
         return str(head.id)
 

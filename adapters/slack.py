@@ -47,7 +47,7 @@ from bot import constants
 from bot.config import missing_credentials
 from bot.db.repositories import Conversations, ProcessedEvents
 from bot.engine import Engine
-from bot.errors import ConfigError, RateLimited, UserFacingError
+from bot.errors import ConfigError, RateLimited
 from bot.types import Attachment, Message, Reply, ThreadRef
 
 __all__ = ["PLATFORM", "SlackAdapter", "SlackPort", "render_manifest", "serve", "web_api_port"]
@@ -73,7 +73,6 @@ SLASH_COMMANDS = ("/agent", "/ask", "/threadwork")
 #: Display names are looked up once per user (users.info) and kept this many at most.
 USER_NAME_CACHE = 2_000
 
-SORRY = "Sorry, something went wrong while handling that message; the error is in the bot's log."
 
 
 def api_url(settings: Any) -> str:
@@ -312,20 +311,7 @@ class SlackAdapter:
         return "/" + argument.lstrip("/!") if is_command else argument
 
     def _dispatch(self, message: Message) -> None:
-        """Hand one message to the engine; tell the thread in one sentence if that fails."""
-        try:
-            self.engine.dispatch(message)
-        except UserFacingError as exc:
-            self._tell(message.where, str(exc))
-        except Exception:  # boundary: one incoming message
-            log.exception("handling a Slack message in %s failed", message.where)
-            self._tell(message.where, SORRY)
-
-    def _tell(self, where: ThreadRef, text: str) -> None:
-        try:
-            self.port.post(where, Reply(self.engine.redact(text)))
-        except Exception:  # boundary: the apology itself failed; the log has both
-            log.exception("telling %s about a failure failed", where)
+        self.engine.receive(message)
 
     def _start_thread(self, channel: str, text: str) -> str:
         """Post a top-level message (waiting out 429s for a while) and return its ts."""

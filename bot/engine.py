@@ -42,6 +42,8 @@ from bot.types import (
 
 log = logging.getLogger(__name__)
 
+#: What a person sees when handling their message failed unexpectedly.
+SOMETHING_WENT_WRONG = "Sorry, something went wrong with that message; the error is in the bot's log."
 #: Dotted path of the job that handles a message routed to a direct answer or the agent.
 HANDLE_MESSAGE_JOB = "workers.jobs.handle_message"
 
@@ -108,6 +110,25 @@ class Engine:
         return cls(settings, manifest, db, queue, pm)
 
     # -- the funnel -------------------------------------------------------------------------
+
+    def receive(self, message: Message) -> Dispatched | None:
+        """Dispatch a message at an adapter's boundary; never raises.
+
+        An expected failure is told to the thread as it is; anything else is logged with its
+        traceback and told in one plain sentence.
+        """
+        try:
+            return self.dispatch(message)
+        except UserFacingError as exc:
+            text = str(exc)
+        except Exception:  # boundary: one incoming message
+            log.exception("dispatching a message in %s failed", message.where)
+            text = SOMETHING_WENT_WRONG
+        try:
+            self.port_for(message.where.platform).post(message.where, self._redacted(text))
+        except Exception:  # boundary: telling the thread failed too; the log has both
+            log.exception("telling %s about a failure failed", message.where)
+        return None
 
     def dispatch(self, message: Message) -> Dispatched:
         """Route the message cheaply, persist it, then answer its command or enqueue its job.

@@ -18,6 +18,9 @@ from tests.support import servers
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Fixtures of the local platform servers (tests/fakes), available to every test.
+pytest_plugins = ["tests.fakes.discord_fixtures"]
+
 # Entry points of whatever else is installed must not leak into the tests.
 os.environ["BOT_DISABLE_ENTRYPOINTS"] = "1"
 os.environ.pop("ANTHROPIC_API_KEY", None)

@@ -24,7 +24,6 @@ from bot.progress import render_status
 from bot.queue import InProcessQueue
 from bot.types import Command, Reply, RunState, RunStatus, ThreadRef
 from tests.conftest import make_settings, run_bot
-from tests.fakes.discord_fixtures import discord_server  # noqa: F401  (fixture)
 from tests.fakes.discord_server import FakeDiscordServer, point_discord_py_at
 
 #: discord.py waits this long after the last GUILD_CREATE before it is ready (2 s by default).

@@ -23,7 +23,6 @@ from bot.progress import LiveMessage, render_status
 from bot.queue import InProcessQueue
 from bot.types import Attachment, Conversation, Reply, RunState, RunStatus, ThreadRef
 from tests.conftest import make_settings
-from tests.fakes.discord_fixtures import discord_server  # noqa: F401  (fixture)
 from tests.fakes.discord_server import FakeDiscordServer
 
 PATCH_MESSAGE = r"^/channels/\d+/messages/\d+$"

@@ -27,7 +27,8 @@ from adapters import slack as slack_adapter
 from adapters.slack import SlackAdapter, SlackPort, serve
 from adapters.slack_format import CANCEL_ACTION_ID
 from bot.db.repositories import ProcessedEvents
-from bot.engine import Dispatched, Engine, set_current
+from bot.engine import SOMETHING_WENT_WRONG, Dispatched, Engine, set_current
+from bot.hookspecs import hookimpl
 from bot.queue import InProcessQueue
 from bot.types import Message, Reply, RunState, RunStatus, ThreadRef
 from tests.conftest import REPO, bot_env, make_settings
@@ -223,15 +224,21 @@ def test_an_event_delivered_four_times_is_answered_once(slack: SlackAdapter, sla
     assert stored_user_messages(engine) == [("hello", ts)]
 
 
-def test_a_failure_while_dispatching_is_told_in_one_sentence(
-        slack: SlackAdapter, slack_server: FakeSlackServer, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(message: Message) -> Dispatched:
+class BrokenRouter:
+    """A third-party router with a bug: every message makes it raise."""
+
+    @hookimpl(tryfirst=True)
+    def route_message(self, message: Message) -> None:
         raise RuntimeError("database on fire")
 
-    monkeypatch.setattr(engine, "dispatch", broken)
+
+def test_a_failure_while_dispatching_is_told_in_one_sentence(
+        slack: SlackAdapter, slack_server: FakeSlackServer, engine: Engine) -> None:
+    engine.pm.register(BrokenRouter(), name="broken-router")
     _, ts = mention(slack_server, "hello")
     (answer,) = replies(slack_server, ts)
-    assert answer.text == slack_adapter.SORRY
+    assert answer.text == SOMETHING_WENT_WRONG
+    assert "database on fire" not in answer.text
 
 
 # -- slash commands and buttons ----------------------------------------------------------------------
