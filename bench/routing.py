@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bot.config import Settings  # noqa: E402
+from bot.db.repositories import Messages  # noqa: E402
 from bot.engine import Engine  # noqa: E402
 from bot.queue import InProcessQueue  # noqa: E402
 from bot.types import Message, Route, RouteDecision, ThreadRef  # noqa: E402
@@ -52,8 +53,6 @@ def replay(engine: Engine, where: ThreadRef, thread: list[dict]) -> None:
         if entry["role"] == "user":
             stored = engine.persist_and_route(Message(where=where, text=entry["text"], user_id="U1", user_name="ana"))
             if entry.get("route"):
-                from bot.db.repositories import Messages
-
                 with engine.db.session() as session:
                     Messages(session).record_decision(
                         stored.message_id, RouteDecision(Route(entry["route"]), "replay", 1.0, "labelled"))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from bot.engine import Engine
 from bot.hookspecs import hookimpl
-from bot.types import Conversation, Message, Route, RouteDecision
+from bot.types import Conversation, HistoryEntry, Message, Route, RouteDecision
 
 STAGE = "heuristics"
 #: Confidence of a rule that rarely misfires (a code-only verb, a confirmed proposal).
@@ -55,7 +55,8 @@ FILLERS = re.compile(
 WORD = re.compile(r"[\w'’-]+|[^\w\s]")
 
 # -- code objects: what a change request acts on ------------------------------------------------------
-_EXTENSIONS = r"py|pyi|ts|tsx|go|rs|java|kt|rb|php|cs|cpp|swift|md|rst|yml|yaml|json|toml|ini|cfg|sql|sh|css|scss|html|vue|svelte|tf|lock|txt"
+_EXTENSIONS = (r"py|pyi|ts|tsx|go|rs|java|kt|rb|php|cs|cpp|swift|md|rst|yml|yaml|json|toml|ini|cfg|sql|sh|css|scss|html|"
+               r"vue|svelte|tf|lock|txt")
 FILE_PATH = re.compile(
     rf"(?<![\w/.-])(?:[\w.-]+/)*[\w-]+\.(?:{_EXTENSIONS})\b"  # README.md, src/app.py
     r"|(?<![\w/.-])(?:[\w.-]+/)+[\w-]+\.jsx?\b"  # web/login.js (a bare name.js is usually a library)
@@ -157,8 +158,8 @@ GENERIC_CODE = re.compile(
 REPO_LOOKUP = re.compile(
     r"\bwhere\s+(?:do|does|did|is|are)\s+(?:we|our)\b|\b(?:do|does|did)\s+we\s+(?:have|use|call|send|store|"
     r"handle|support|still|ever|configure|set)\b|\bare\s+we\s+(?:on|using|still)\b|\bin\s+our\s+(?:code|"
-    r"codebase|repo|repository|project)\b|\b(?:still\s+)?(?:used|imported|called|referenced)\s+anywhere\b|\bwhich\s+\w+\s+(?:use|uses|call|"
-    r"calls|read|reads|write|writes|import|imports|depend|depends)\b|\bwhich\s+\w+\s+(?:does|do|did)\s+"
+    r"codebase|repo|repository|project)\b|\b(?:still\s+)?(?:used|imported|called|referenced)\s+anywhere\b"
+    r"|\bwhich\s+\w+\s+(?:use|uses|call|calls|read|reads|write|writes|import|imports|depend|depends)\b|\bwhich\s+\w+\s+(?:does|do|did)\s+"
     r"(?:the|our)\b|\bfind\s+where\b|\bwhere\s+(?:is|are)\s+the\s+[^?]*\b(?:read|defined|set|configured|"
     r"implemented|used|called|stored|created|handled|built|loaded)\b|\b(?:somewhere|anywhere)\s+in\s+(?:the|"
     r"our|this)\s+(?:code|codebase|repo|repository|project)\b|\bin\s+(?:this|our)\s+(?:repo|repository|"
@@ -185,8 +186,8 @@ CHIT_CHAT = re.compile(
     r"^(?:how'?s it going|how are (?:you|u)|what'?s up|sup\b|tell me a joke|good ?night|gn\b|bye|see (?:you|ya)|"
     r"have a (?:good|nice|great)|happy \w+|brb|afk|gtg|lol|lmao|rofl|haha\w*|heh|hehe|wow|omg|ugh|"
     r"(?:you'?re|you are|ur) (?:a |the )?(?:lifesaver|life saver|awesome|amazing|great|best|star|hero|genius|legend)|"
-    r"you rock|(?:nice|good|great|awesome|amazing) (?:work|job|stuff)|well done|kudos|good luck|what can you do|i'?m (?:so |really |very )?"
-    r"(?:tired|bored|hungry|sleepy|exhausted|excited|happy|sad|done))", _I)
+    r"you rock|(?:nice|good|great|awesome|amazing) (?:work|job|stuff)|well done|kudos|good luck|what can you do|"
+    r"i'?m (?:so |really |very )?(?:tired|bored|hungry|sleepy|exhausted|excited|happy|sad|done))", _I)
 AFFIRM = re.compile(
     r"^(?:ok(?:ay)?|k|yes|yep|yeah|yup|ya|sure|go|go ahead|go for it|do it|please do|yes please|ship it|"
     r"sounds good|lgtm|let'?s do it|let'?s go|absolutely|definitely|of course|proceed|approved|👍|✅|🚀|👌)"
@@ -195,9 +196,11 @@ AFFIRM = re.compile(
 ACK = re.compile(
     r"^(?:(?:ok(?:ay)?|k|kk|cool|nice|neat|great|perfect|awesome|got it|makes sense|sounds good|interesting|noted|"
     r"hmm+|understood|sure|yes|yep|yeah|right|true|fair|fair enough|👍|👌|🎉|🙌|💯|🔥|🤔)[\s,.!]*)+$", _I)
+#: Declining or holding off ("no, leave it for now"); "don't ..." and "stop ..." are left out:
+#: they open instructions as often as refusals.
 DECLINE = re.compile(
-    r"^(?:no|nope|nah|not (?:yet|now|today)|don'?t|do not|leave it|hold (?:on|off)|wait|stop|cancel|skip it|"
-    r"never ?mind|nvm|let me (?:check|think|ask))\b", _I)
+    r"^(?:no|nope|nah|not (?:yet|now|today)|leave it|hold (?:on|off)|skip it|never ?mind|nvm|"
+    r"let me (?:check|think|ask))\b", _I)
 #: The bot's message ends by offering to start the agent ("Want me to ...?", "reply go ahead").
 #: (Not "/agent": the bot's notices and help mention the override without offering anything.)
 PROPOSAL = re.compile(
@@ -239,7 +242,7 @@ def route_message(message: Message, conversation: Conversation, engine: Engine) 
         if GREETING.match(prose) and "hello" in engine.commands:
             return RouteDecision(Route.COMMAND, STAGE, SURE, "a greeting", command="hello", argument=prose)
 
-    if short and DECLINE.match(reply):
+    if short and DECLINE.match(reply) and not requests:
         return RouteDecision(Route.DIRECT, STAGE, SURE, "declines or holds off; answering in chat")
     if short and "?" not in prose and (AFFIRM.match(reply) or ACK.match(prose)):
         state = thread.state()
@@ -280,7 +283,7 @@ def route_message(message: Message, conversation: Conversation, engine: Engine) 
 
     if short and CHIT_CHAT.match(prose):
         return RouteDecision(Route.DIRECT, STAGE, SURE, "chit-chat")
-    if question or KNOWLEDGE.match(prose) or GENERIC_CODE.match(prose):
+    if question or KNOWLEDGE.match(prose):
         if _team_specific(prose, snippet, owned):
             return None  # about this team's code or systems: the LLM stage tells which
         reason = "a question about the pasted snippet" if snippet else "a general question"
@@ -317,10 +320,12 @@ def _requests(prose: str) -> list[tuple[str, str, bool]]:
 
 
 def _is_question(prose: str) -> bool:
+    """Return whether the prose asks something: a question mark, or a question word first."""
     return "?" in prose or QUESTION_START.match(FILLERS.sub("", prose)) is not None
 
 
 def _is_sequence(prose: str) -> bool:
+    """Return whether the prose lists steps to carry out: numbered lines, or "first ... then ..."."""
     steps = [line for line in prose.splitlines() if LIST_MARK.match(line)]
     if len(steps) >= 2:
         return any(LEADING_REQUEST.match(LIST_MARK.sub("", line)) for line in steps)
@@ -357,7 +362,7 @@ class _ThreadReader:
         return self._state
 
 
-def _thread_state(entries: list) -> ThreadState:
+def _thread_state(entries: list[HistoryEntry]) -> ThreadState:
     """Return what the thread's last bot message says about the agent."""
     last_bot = next((i for i in range(len(entries) - 1, -1, -1) if entries[i].role == "assistant"), None)
     if last_bot is None:
