@@ -120,24 +120,30 @@ def test_cancel_ends_the_whole_process_tree_within_five_seconds(tmp_path: Path, 
 
 
 def test_cancel_of_a_queued_run_and_one_run_at_a_time_per_thread(tmp_path: Path, model) -> None:
-    model.script(Turn.bash("sleep 2"), Turn.text("first done"), Turn.text("second done"))
+    model.script(Turn.bash("sleep 3"), Turn.text("first done"), Turn.text("second done"))
     engine, view = make_engine(agent_settings(tmp_path, model))
+
+    def status_of(run_id: int) -> list[str]:
+        ids = [m for m in view.order if view.messages[m][0].text.startswith(("🕒", "⏳")) and
+               f"Agent run {run_id}**" in view.messages[m][0].text]
+        return view.texts(ids[0]) if ids else []
+
     try:
-        ask(engine, "/agent first task")
-        ask(engine, "/agent second task")
-        ask(engine, "/agent third task")
-        wait_until(lambda: len(view.order) >= 3, 30, "three status messages")
+        for n, task in enumerate(("first task", "second task", "third task"), start=1):
+            ask(engine, f"/agent {task}")
+            wait_until(lambda n=n: status_of(n), 30, f"the status message of run {n}")
         # The later requests wait in line, and their status says so.
-        assert "waiting for 1 earlier run" in view.texts(view.order[1])[0]
-        assert "waiting for 2 earlier runs" in view.texts(view.order[2])[0]
+        assert "waiting for 1 earlier run in this thread" in status_of(2)[0]
+        assert "waiting for 2 earlier runs in this thread" in status_of(3)[0]
         ask(engine, "/cancel 3")
         engine.queue.wait(timeout=120)
         with engine.db.reading() as session:
             rows = [Runs(session).row(n) for n in (1, 2, 3)]
         assert [r.state for r in rows] == ["done", "done", "cancelled"]
         assert rows[1].started_at >= rows[0].finished_at  # never two at once in one thread
-        assert "Cancelled by ana before it started." in view.last(view.order[2])
+        assert "Cancelled by ana before it started." in status_of(3)[-1]
         assert rows[2].started_at is None
+        assert any("running" in text for text in status_of(2))
     finally:
         engine.close()
 
