@@ -204,7 +204,7 @@ def test_a_429_storm_on_edits_delays_only_its_own_message_and_loses_nothing(
     started = time.monotonic()
     calm.update(status(RunState.RUNNING, checklist=[("calm step", True)]))
     calm.finish(status(RunState.DONE, note="calm done"))
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 0.9  # well inside the stormy message's 1 s Retry-After
     assert slack_server.message("C0OTHER", calm_ts).edits  # type: ignore[union-attr]
 
     message = slack_server.message(CHANNEL, stormy_ts)
