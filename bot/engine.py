@@ -137,15 +137,14 @@ class Engine:
         the reply is posted after the commit.
         """
         conversation = self.inbox.conversation(message.where, message.text[:80])
-        if message.external_id is not None and (known := self.inbox.find(conversation.id, message.external_id)):
-            return Dispatched(known, conversation, None, duplicate=True)
+        if message.external_id is not None and self.inbox.find(conversation.id, message.external_id):
+            return self._duplicate(message, conversation)
         decision = self.hook.route_message(message=message, conversation=conversation, engine=self)
         reply = self._run_command(message, conversation, decision) if decision.route == Route.COMMAND else None
         try:
             message_id, reply_id = self._store(message, conversation, decision, reply)
-        except DuplicateEvent:
-            return Dispatched(self.inbox.find(conversation.id, message.external_id or ""), conversation, None,
-                              duplicate=True)
+        except DuplicateEvent:  # the same delivery raced this one and stored first
+            return self._duplicate(message, conversation)
         if reply is not None:
             self._post_stored(conversation, reply, reply_id)
             return Dispatched(message_id, conversation, decision)
@@ -168,9 +167,13 @@ class Engine:
         try:
             message_id, _ = self._store(message, conversation, decision, None)
         except DuplicateEvent:
-            return Dispatched(self.inbox.find(conversation.id, message.external_id or ""), conversation, None,
-                              duplicate=True)
+            return self._duplicate(message, conversation)
         return Dispatched(message_id, conversation, decision)
+
+    def _duplicate(self, message: Message, conversation: Conversation) -> Dispatched:
+        """Return what dispatch did for a message the platform delivered again: nothing."""
+        known = self.inbox.find(conversation.id, message.external_id or "")
+        return Dispatched(known or 0, conversation, None, duplicate=True)
 
     def _store(self, message: Message, conversation: Conversation, decision: RouteDecision,
                reply: Reply | None) -> tuple[int, int | None]:
