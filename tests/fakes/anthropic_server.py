@@ -52,6 +52,8 @@ from typing import Any, Callable, Iterable, Union
 
 from aiohttp import web
 
+from tests.fakes.loop_thread import LoopThread
+
 DEFAULT_MODEL = "claude-sonnet-4-6"
 #: What anthropic 2.12.0 sends as ``anthropic-version``.
 SDK_API_VERSION = "2026-10-21"
@@ -384,8 +386,7 @@ class FakeAnthropicServer:
         self._requests: list[RecordedRequest] = []
         self._default: DefaultFn | None = None
         self.default_count = 0  # /v1/messages answered by the default (script empty)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._loop_thread = LoopThread("fake-anthropic")
         self._runner: web.AppRunner | None = None
         self._stopping: asyncio.Event | None = None
         self._ids = itertools.count(1)
@@ -488,30 +489,7 @@ class FakeAnthropicServer:
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> "FakeAnthropicServer":
-        ready = threading.Event()
-        err: list[BaseException] = []
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self._astart())
-            except BaseException as e:  # pragma: no cover - surfaced to start()
-                err.append(e)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            loop.run_forever()
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="fake-anthropic", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("fake Anthropic server did not start")
-        if err:
-            raise err[0]
+        self._loop_thread.start(self._astart)
         return self
 
     async def _astart(self) -> None:
@@ -533,17 +511,7 @@ class FakeAnthropicServer:
             await self._runner.cleanup()
 
     def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is not None and thread is not None and thread.is_alive():
-            fut = asyncio.run_coroutine_threadsafe(self._ashutdown(), loop)
-            try:
-                fut.result(10)
-            except Exception:  # pragma: no cover - best effort
-                pass
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(10)
-        self._loop = None
-        self._thread = None
+        self._loop_thread.stop(self._ashutdown)
 
     def __enter__(self) -> "FakeAnthropicServer":
         return self.start()

@@ -53,6 +53,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 from aiohttp import web
 
+from tests.fakes.loop_thread import LoopThread
+
 #: Marker in opencode's title-generation system prompt (1.18.33: "You are a title generator...").
 TITLE_PROMPT_MARKER = "title generator"
 
@@ -258,8 +260,7 @@ class FakeOpenAIServer:
         self.models_calls = 0  # GET /v1/models
         self.exhausted = 0
         self._turn_cond = threading.Condition(self._lock)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._loop_thread = LoopThread("fake-openai")
         self._runner: web.AppRunner | None = None
         self._ids = itertools.count(1)
 
@@ -347,29 +348,7 @@ class FakeOpenAIServer:
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> "FakeOpenAIServer":
-        ready = threading.Event()
-        err: list[BaseException] = []
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self._astart())
-            except BaseException as e:  # pragma: no cover - surfaced to start()
-                err.append(e)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._runner.cleanup() if self._runner else asyncio.sleep(0))
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="fake-openai", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        if err:
-            raise err[0]
+        self._loop_thread.start(self._astart)
         return self
 
     async def _astart(self) -> None:
@@ -386,11 +365,7 @@ class FakeOpenAIServer:
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     def stop(self) -> None:
-        if self._loop and self._thread:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-        self._loop = None
-        self._thread = None
+        self._loop_thread.stop(self._runner.cleanup if self._runner else None)
 
     def __enter__(self) -> "FakeOpenAIServer":
         return self.start()
