@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from bot.db.repositories import Runs
 from bot.types import Message, RunState, ThreadRef
@@ -92,13 +93,16 @@ def test_a_killed_worker_leaves_no_run_shown_as_running(tmp_path: Path, model, r
             with engine.db.reading() as session:
                 return Runs(session).get(1).state
 
+        def status_text() -> str:
+            with engine.db.reading() as session:
+                run = Runs(session).get(1)
+                return session.execute(text("select text from messages where external_id = :id"),
+                                       {"id": run.status_message_id}).scalar_one()
+
         wait_until(lambda: run_state() == RunState.FAILED, 60, "the run to be marked failed")
-        with engine.db.reading() as session:
-            run = Runs(session).get(1)
-            status_text = session.execute(
-                __import__("sqlalchemy").text("select text from messages where external_id = :id"),
-                {"id": run.status_message_id}).scalar_one()
-        assert "failed" in status_text and "the worker running it stopped" in status_text
+        # The status message, as last edited (the rescuer stores the final text after its edit).
+        wait_until(lambda: "failed" in status_text(), 10, "the status message to say the run failed")
+        assert "the worker running it stopped" in status_text()
     finally:
         stop(doomed)
         if rescuer:
