@@ -269,10 +269,10 @@ class Engine:
     # -- reads plugins and jobs share -------------------------------------------------------------
 
     def history(self, conversation_id: int, limit: int = constants.HISTORY_DEFAULT_ROWS,
-                before_id: int | None = None) -> list[HistoryEntry]:
-        """Return the conversation's last messages, oldest first."""
+                before_id: int | None = None, *, without_run_status: bool = False) -> list[HistoryEntry]:
+        """Return the conversation's last messages, oldest first (optionally without run statuses)."""
         with self.db.reading() as session:
-            return Messages(session).recent(conversation_id, limit, before_id)
+            return Messages(session).recent(conversation_id, limit, before_id, without_run_status=without_run_status)
 
     def recall(self, message: Message, conversation: Conversation, budget_tokens: int) -> list[MemoryItem]:
         """Return what the memory plugins recall for the message, merged within the budget."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -234,11 +234,20 @@ class Messages:
         user_id = row.participant.user_id if row.participant else ""
         return _entry(row), row.conversation_id, user_id
 
-    def recent(self, conversation_id: int, limit: int = 20, before_id: int | None = None) -> list[HistoryEntry]:
-        """Return the conversation's last `limit` messages, oldest first."""
+    def recent(self, conversation_id: int, limit: int = 20, before_id: int | None = None, *,
+               without_run_status: bool = False) -> list[HistoryEntry]:
+        """Return the conversation's last `limit` messages, oldest first.
+
+        With `without_run_status`, agent runs' status messages are left out: they are progress
+        for people, noise for a model.
+        """
         query = select(MessageRow).where(MessageRow.conversation_id == conversation_id)
         if before_id is not None:
             query = query.where(MessageRow.id < before_id)
+        if without_run_status:
+            status_ids = select(AgentRunRow.status_message_id).where(
+                AgentRunRow.conversation_id == conversation_id, AgentRunRow.status_message_id.is_not(None))
+            query = query.where(or_(MessageRow.external_id.is_(None), MessageRow.external_id.not_in(status_ids)))
         rows = self.s.scalars(query.order_by(MessageRow.id.desc()).limit(limit)).all()
         return [_entry(row) for row in reversed(rows)]
 

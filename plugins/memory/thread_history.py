@@ -21,7 +21,7 @@ def startup(engine: Engine) -> None:
 @hookimpl
 def recall(message: Message, conversation: Conversation, budget_tokens: int) -> list[MemoryItem]:
     assert _engine is not None
-    entries = _engine.history(conversation.id, MAX_MESSAGES)
+    entries = _engine.history(conversation.id, MAX_MESSAGES, without_run_status=True)
     if entries and entries[-1].role == "user" and entries[-1].text == message.text:
         entries = entries[:-1]  # the message being answered is sent on its own
     items: list[MemoryItem] = []

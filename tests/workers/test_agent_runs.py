@@ -94,6 +94,8 @@ def test_a_follow_up_continues_the_same_opencode_session(tmp_path: Path, model) 
         last_request = model.scripted_requests[-1]
         history = " ".join(str(m.get("content")) for m in last_request["messages"])
         assert "write notes.md" in history and "what did you do before?" in history
+        # The thread's context for the agent leaves out the runs' status messages.
+        assert "**Agent run" not in str(last_request["messages"][-1].get("content"))
     finally:
         engine.close()
 
