@@ -138,3 +138,18 @@ def test_conversations_in_a_channel_are_listed_with_message_counts(db: Database)
         listed = {c.where.thread: n for c, n in Conversations(s).in_channel("slack", "C042")}
         assert listed == {WHERE.thread: 2, "other": 0}
         assert Conversations(s).get(b.id).agent_session_id == "ses_123"
+
+
+def test_history_for_models_leaves_out_run_status_messages(db: Database) -> None:
+    with db.session() as s:
+        conversation = Conversations(s).ensure(WHERE)
+        request, _ = Messages(s).add(conversation.id, "user", "fix the build")
+        run, _ = Runs(s).create(conversation.id, "opencode", "fix the build", request_message_id=request)
+        Runs(s).set(run.id, status_message_id="1700.0002")
+        Messages(s).add(conversation.id, "assistant", "⏳ Agent run 1 · running", external_id="1700.0002")
+        Messages(s).add(conversation.id, "assistant", "Fixed: a missing import.", external_id="1700.0003")
+    with db.session() as s:
+        everything = [e.text for e in Messages(s).recent(conversation.id)]
+        for_models = [e.text for e in Messages(s).recent(conversation.id, without_run_status=True)]
+    assert everything == ["fix the build", "⏳ Agent run 1 · running", "Fixed: a missing import."]
+    assert for_models == ["fix the build", "Fixed: a missing import."]
