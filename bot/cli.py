@@ -15,12 +15,19 @@ import click
 from bot.config import Settings, load_manifest, missing_credentials
 from bot.errors import UserFacingError
 from bot.logs import setup_logging
+from bot.queue import resolve
 from bot.redaction import Redactor
 
 log = logging.getLogger("bot.cli")
 
-#: Platform adapters `bot run` can start: module, and the environment each one needs.
+#: Platform adapters `bot run` can start, by module. Like the built-in plugins, everything the
+#: commands start outside bot/ is named by dotted path and loaded when used: the core imports no
+#: adapter, plugin or worker module (tests/core/test_architecture.py keeps it so).
 PLATFORM_ADAPTERS: dict[str, str] = {"slack": "adapters.slack", "discord": "adapters.discord"}
+CONSOLE_CHAT = "adapters.console.ConsoleChat"
+RUN_WORKER = "workers.worker.run_worker"
+REAPER = "workers.reaper.Reaper"
+ROUTE_LINES = "workers.routing.route_lines"
 
 
 def _clean_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -59,7 +66,6 @@ def chat(thread: str | None, new_thread: bool) -> None:
     """Chat with the bot in this terminal (console adapter)."""
     from datetime import datetime
 
-    from adapters.console import ConsoleChat
     from bot import constants
     from bot.engine import Engine, set_current
 
@@ -71,7 +77,7 @@ def chat(thread: str | None, new_thread: bool) -> None:
     set_current(engine)
     if new_thread:
         thread = datetime.now().strftime("t%Y%m%d-%H%M%S")
-    console = ConsoleChat(engine, thread or constants.CONSOLE_DEFAULT_THREAD, interactive=interactive)
+    console = resolve(CONSOLE_CHAT)(engine, thread or constants.CONSOLE_DEFAULT_THREAD, interactive=interactive)
     reaper = _in_process_reaper(engine)
     try:
         code = console.run(None)
@@ -117,9 +123,7 @@ def _in_process_reaper(engine: Any) -> Any:
     """Start recovery of dead runs here when this process runs the jobs (no Redis workers)."""
     if engine.settings.redis_url:
         return None
-    from workers.reaper import Reaper
-
-    return Reaper(engine).start()
+    return resolve(REAPER)(engine).start()
 
 
 def _run_adapters(engine: Any, modules: list[Any]) -> None:
@@ -145,12 +149,10 @@ def _run_adapters(engine: Any, modules: list[Any]) -> None:
 @_clean_errors
 def worker(burst: bool, name: str | None, with_scheduler: bool) -> None:
     """Run an RQ worker that executes the bot's jobs (needs REDIS_URL)."""
-    from workers.worker import run_worker
-
     settings = _settings()
     if not settings.redis_url:
         raise UserFacingError("REDIS_URL is not set: workers need Redis (the console bot runs jobs in-process without it)")
-    sys.exit(run_worker(settings, burst=burst, name=name, with_scheduler=with_scheduler))
+    sys.exit(resolve(RUN_WORKER)(settings, burst=burst, name=name, with_scheduler=with_scheduler))
 
 
 @main.command()
@@ -185,9 +187,7 @@ def doctor() -> None:
 @_clean_errors
 def route() -> None:
     """Read messages, one per line, and print how each is routed, as JSON lines."""
-    from workers.routing import route_lines
-
-    for result in route_lines(_settings(), (line.rstrip("\n") for line in sys.stdin)):
+    for result in resolve(ROUTE_LINES)(_settings(), (line.rstrip("\n") for line in sys.stdin)):
         click.echo(json.dumps(result, ensure_ascii=False))
 
 
