@@ -48,6 +48,8 @@ from urllib.parse import parse_qsl
 
 from aiohttp import WSMsgType, web
 
+from tests.fakes.loop_thread import LoopThread
+
 T = TypeVar("T")
 
 DEFAULT_BOT_TOKEN = "xoxb-1-fake-bot-token"
@@ -347,8 +349,7 @@ class FakeSlackServer:
         self._tickets: set[str] = set()
         self._conns: list[_Connection] = []
         self._rr = itertools.count()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._loop_thread = LoopThread("fake-slack")
         self._runner: web.AppRunner | None = None
         self._methods: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "api.test": lambda p: {"args": p},
@@ -381,36 +382,11 @@ class FakeSlackServer:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "FakeSlackServer":
-        ready = threading.Event()
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(loop)
-            self._loop = loop
-            try:
-                loop.run_until_complete(self._astart())
-            except BaseException as e:  # surfaced by start()
-                errors.append(e)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._astop())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="fake-slack", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        if errors:
-            raise errors[0]
+        self._loop_thread.start(self._astart)
         return self
 
     def stop(self) -> None:
-        if self._loop and self._thread:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-        self._loop = self._thread = None
+        self._loop_thread.stop(self._astop)
 
     def __enter__(self) -> "FakeSlackServer":
         return self.start()
@@ -624,8 +600,9 @@ class FakeSlackServer:
             return list(self._conns)
 
     def _send_json(self, conn: _Connection, obj: dict[str, Any], timeout: float) -> None:
-        assert self._loop is not None, "server not started"
-        fut = asyncio.run_coroutine_threadsafe(conn.ws.send_str(json.dumps(obj)), self._loop)
+        loop = self._loop_thread.loop
+        assert loop is not None, "server not started"
+        fut = asyncio.run_coroutine_threadsafe(conn.ws.send_str(json.dumps(obj)), loop)
         fut.result(timeout)
 
     # -- internals ------------------------------------------------------------------------------
