@@ -72,8 +72,7 @@ def test_a_killed_worker_leaves_no_run_shown_as_running(tmp_path: Path, model, r
     model.script(Turn.bash(marker, timeout_ms=600_000), Turn.text("never reached"))
     settings = agent_settings(tmp_path, model, manifest_extra="", REDIS_URL=redis_url)
     manifest = Path(settings.manifest_path)
-    manifest.write_text(manifest.read_text().replace("  allow_webfetch: false",
-                                                     "  allow_webfetch: false\n  stale_after_seconds: 5"))
+    manifest.write_text(manifest.read_text().replace("stale_after_seconds: 30", "stale_after_seconds: 5"))
     doomed = start_worker(settings, "doomed-worker")
     engine, _view = make_engine(settings, queue=None)
     rescuer = None
