@@ -311,7 +311,6 @@ def _block_network() -> list[str]:
 
     attempts: list[str] = []
     real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
-    real_getaddrinfo = socket.getaddrinfo
 
     def guard(sock, address):
         if sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -412,7 +411,7 @@ def _main(argv: list[str] | None = None) -> int:
     for t in leftover:
         print(f"    thread still alive: {t.name} (daemon={t.daemon})")
     if log_text.strip():
-        print("  errbot.log:\n" + "\n".join("    " + l for l in log_text.splitlines()[:20]))
+        print("  errbot.log:\n" + "\n".join("    " + line for line in log_text.splitlines()[:20]))
     return 1 if wrong or net_attempts else 0
 
 

@@ -19,7 +19,12 @@ from tests.support import servers
 REPO = Path(__file__).resolve().parent.parent
 
 # Fixtures of the local platform servers (tests/fakes), available to every test.
-pytest_plugins = ["tests.fakes.discord_fixtures"]
+pytest_plugins = [
+    "tests.fakes.anthropic_fixtures",
+    "tests.fakes.discord_fixtures",
+    "tests.fakes.openai_fixtures",
+    "tests.fakes.slack_fixtures",
+]
 
 # Entry points of whatever else is installed must not leak into the tests.
 os.environ["BOT_DISABLE_ENTRYPOINTS"] = "1"

@@ -974,7 +974,7 @@ def _json_value(value: Any) -> Any:
         try:
             return json.loads(value)
         except ValueError:
-            raise SlackApiFailure("invalid_arguments")
+            raise SlackApiFailure("invalid_arguments") from None
     return value
 
 

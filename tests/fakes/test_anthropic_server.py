@@ -13,7 +13,6 @@ from typing import Any
 import anthropic
 import pytest
 
-from tests.fakes.anthropic_fixtures import anthropic_env, anthropic_server  # noqa: F401
 from tests.fakes.anthropic_server import SDK_API_VERSION, FakeAnthropicServer, example_from_schema
 
 MODEL = "claude-sonnet-4-6"
@@ -86,7 +85,7 @@ def test_delay_between_deltas_is_observable(anthropic_server: FakeAnthropicServe
         for piece in stream.text_stream:
             stamps.append((time.monotonic(), piece))
     assert [p for _, p in stamps] == ["aaaa", "bbbb", "cccc", "dddd"]
-    gaps = [b[0] - a[0] for a, b in zip(stamps, stamps[1:])]
+    gaps = [b[0] - a[0] for a, b in zip(stamps, stamps[1:], strict=False)]
     assert all(g >= 0.07 for g in gaps), gaps
 
 

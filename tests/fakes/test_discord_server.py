@@ -12,7 +12,7 @@ import discord
 import pytest
 from discord import app_commands
 
-from tests.fakes.discord_fixtures import ClientThread, discord_server  # noqa: F401  (fixture)
+from tests.fakes.discord_fixtures import ClientThread
 from tests.fakes.discord_server import FakeDiscordServer, point_discord_py_at
 
 GUILD_READY_TIMEOUT = 0.05  # discord.py waits this long after the last GUILD_CREATE before on_ready

@@ -8,13 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.fakes.openai_fixtures import (  # noqa: F401  (fixtures)
-    OpencodeRun,
-    openai_server,
-    opencode_env,
-    requires_opencode,
-    run_opencode,
-)
+from tests.fakes.openai_fixtures import OpencodeRun, requires_opencode, run_opencode
 from tests.fakes.openai_server import (
     OPENCODE_TOOL_NAMES,
     FakeOpenAIServer,

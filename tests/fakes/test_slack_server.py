@@ -13,12 +13,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
 
-from tests.fakes.slack_fixtures import (  # noqa: F401  (fixtures)
-    bolt_web_client,
-    slack_client,
-    slack_server,
-    socket_mode,
-)
+from tests.fakes.slack_fixtures import bolt_web_client
 from tests.fakes.slack_server import (
     BOT_USER_ID,
     DEFAULT_USER_ID,

@@ -15,7 +15,6 @@ from bot.queue import InProcessQueue
 from bot.types import Attachment, Message, Reply, ThreadRef
 from plugins.answer import claude
 from tests.conftest import REPO, make_settings
-from tests.fakes.anthropic_fixtures import anthropic_server  # noqa: F401  (a fixture)
 
 WHERE = ThreadRef("test", "C1", "T1")
 
