@@ -21,7 +21,6 @@ from pathlib import Path
 
 from bot import constants
 from bot import engine as engine_module
-from bot.config import SECRET_ENV_VARS
 from bot.db.repositories import Conversations, Resources, Runs
 from bot.engine import Engine
 from bot.errors import UserFacingError
@@ -192,7 +191,7 @@ def _run_agent(engine: Engine, run: AgentRun, conversation: Conversation, progre
         session_id=conversation.agent_session_id,
         model=agent_settings.model,
         allow_webfetch=agent_settings.allow_webfetch,
-        env=_passed_env(agent_settings.pass_env),
+        env=_passed_env(agent_settings.pass_env, engine.settings.env),
     )
     with engine.cancels.listen(run.id) as cancel:
         if _cancel_requested(engine, run.id):
@@ -376,9 +375,15 @@ def _cancel_requested(engine: Engine, run_id: int) -> bool:
         return bool(Runs(session).row(run_id).cancelled_by)
 
 
-def _passed_env(names: list[str]) -> dict[str, str]:
-    allowed = [name for name in names if name not in SECRET_ENV_VARS and not name.startswith(("SLACK_", "DISCORD_"))]
-    return {name: os.environ[name] for name in allowed if name in os.environ}
+#: Variables the agent never gets, even when listed in agent.pass_env: the platforms' tokens
+#: and where the bot's data lives. (A model key, ANTHROPIC_API_KEY included, may be passed on
+#: purpose: the agent needs one to reach its model.)
+NEVER_PASSED = ("SLACK_", "DISCORD_", "DATABASE_URL", "REDIS_URL")
+
+
+def _passed_env(names: list[str], environment: dict[str, str]) -> dict[str, str]:
+    allowed = [name for name in names if not name.startswith(NEVER_PASSED)]
+    return {name: environment[name] for name in allowed if environment.get(name)}
 
 
 def _worker_name() -> str:

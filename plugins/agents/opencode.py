@@ -36,6 +36,9 @@ BASE_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME", "SHELL")
 OFFLINE_ENV = {"OPENCODE_DISABLE_MODELS_FETCH": "1", "OPENCODE_DISABLE_PROJECT_CONFIG": "1",
                "OPENCODE_DISABLE_AUTOUPDATE": "1", "TERM": "dumb", "NO_COLOR": "1"}
 XDG_DIRS = ("XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")
+NO_MODEL = ("No model is configured for the coding agent: set OPENCODE_CONFIG to an opencode config with a "
+            "provider, or agent.model in manifest.yml (listing its API key's variable in agent.pass_env). "
+            "See the README, Agent runs.")
 #: Lines of opencode's stderr kept for the error message of a failed run.
 STDERR_TAIL_LINES = 20
 
@@ -183,6 +186,10 @@ class _LazyAgent:
             raise UserFacingError("The opencode binary is not installed: run `npm install` in the bot's checkout "
                                   "(it pins opencode-ai), or set OPENCODE_BIN.")
         user_config = settings.get("OPENCODE_CONFIG")
+        if not user_config and not task.model:
+            # The agent has state dirs of its own, so no opencode config of the user's applies;
+            # without a model opencode retries an unreachable default for over a minute.
+            raise UserFacingError(NO_MODEL)
         return OpencodeAgent(binary, Path(user_config) if user_config else None).run(task, on_event, cancel)
 
 

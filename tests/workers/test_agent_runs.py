@@ -227,3 +227,34 @@ def test_files_the_run_made_are_indexed(tmp_path: Path, model) -> None:
         assert view.last(view.order[-1]) == "wrote the report"
     finally:
         engine.close()
+
+
+def test_with_no_model_configured_the_run_fails_at_once_saying_what_to_set(tmp_path: Path) -> None:
+    from tests.conftest import make_settings
+    from tests.workers.agent_support import make_engine as build
+
+    engine, view = build(make_settings(tmp_path))  # no OPENCODE_CONFIG, no agent.model
+    try:
+        started = time.monotonic()
+        ask(engine, "/agent write hello.py")
+        engine.queue.wait(timeout=60)
+        assert time.monotonic() - started < 30  # not opencode's minute of retries
+        run = run_of(engine, 1)
+        assert run.state == RunState.FAILED and "No model is configured for the coding agent" in run.error
+        assert "set OPENCODE_CONFIG" in view.last(view.order[0])
+    finally:
+        engine.close()
+
+
+def test_agent_pass_env_passes_a_model_key_but_never_platform_tokens(tmp_path: Path, model) -> None:
+    model.script(Turn.bash("env > env.txt"), Turn.text("done"))
+    settings = agent_settings(tmp_path, model, MODEL_KEY="model-key-value", SLACK_BOT_TOKEN="xoxb-111-222-secret")
+    manifest = Path(settings.manifest_path)
+    manifest.write_text(manifest.read_text().replace("pass_env: []", "pass_env: [MODEL_KEY, SLACK_BOT_TOKEN, REDIS_URL]"))
+    engine, _view = make_engine(settings)
+    ask(engine, "/agent print the environment")
+    engine.queue.wait(timeout=120)
+    engine.close()
+    seen = (tmp_path / "data" / "workspaces" / "1" / "env.txt").read_text()
+    assert "MODEL_KEY=model-key-value" in seen
+    assert "SLACK_BOT_TOKEN" not in seen and "xoxb-111" not in seen
