@@ -19,15 +19,8 @@ from bot.types import RunState, RunStatus
 
 #: Discord caps message content at 2,000 characters (Discord API docs, Create Message).
 CONTENT_LIMIT = constants.DISCORD_CONTENT_LIMIT
-#: Embed limits (Discord API docs, Embed Limits): title 256, field value 1,024, footer 2,048,
-#: 6,000 characters for all of a message's embeds together.
-EMBED_TITLE_LIMIT = 256
-EMBED_FIELD_VALUE_LIMIT = 1_024
-EMBED_TOTAL_LIMIT = 6_000
 #: The status embed quotes this much of the agent's latest text (as `render_status` does).
 STATUS_LATEST_TEXT_CHARS = 300
-#: Thread names are 1-100 characters (Discord API docs, Start Thread from Message).
-THREAD_NAME_LIMIT = 100
 #: What a thread is called when the message that opens it has no words left.
 DEFAULT_THREAD_NAME = "Threadwork"
 #: custom_id of a run's Cancel button; the gateway maps clicks back to `/cancel <run_id>`.
@@ -161,8 +154,8 @@ def thread_name(text: str) -> str:
     """Return a thread name for a request: its first line, within Discord's 100 characters."""
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     first = " ".join(first.split())
-    if len(first) > THREAD_NAME_LIMIT:
-        first = first[: THREAD_NAME_LIMIT - 1].rstrip() + "…"
+    if len(first) > constants.DISCORD_THREAD_NAME_LIMIT:
+        first = first[: constants.DISCORD_THREAD_NAME_LIMIT - 1].rstrip() + "…"
     return first or DEFAULT_THREAD_NAME
 
 
@@ -186,22 +179,20 @@ def too_big_notice(filename: str, size: int, limit: int, *, in_server: bool) -> 
 
 def status_embed(status: RunStatus) -> discord.Embed:
     """Return the run's status as an embed: state in the title, figures and steps as fields."""
-    embed = discord.Embed(
-        title=f"{STATE_ICONS[status.state]} Agent run {status.run_id} · {status.state.value}"[:EMBED_TITLE_LIMIT],
-        colour=STATE_COLOURS[status.state],
-    )
+    title = f"{STATE_ICONS[status.state]} Agent run {status.run_id} · {status.state.value}"
+    embed = discord.Embed(title=title[: constants.DISCORD_EMBED_TITLE_LIMIT], colour=STATE_COLOURS[status.state])
     description = []
     if status.latest_text:
         latest = " ".join(status.latest_text.split())
         cut = latest[:STATUS_LATEST_TEXT_CHARS]
         description.append(f"> {cut}{'…' if len(latest) > len(cut) else ''}")
     if status.note:
-        description.append(status.note[:EMBED_FIELD_VALUE_LIMIT])
+        description.append(status.note[:constants.DISCORD_EMBED_FIELD_VALUE_LIMIT])
     if description:
         embed.description = "\n".join(description)
-    embed.add_field(name="Agent", value=status.agent[:EMBED_FIELD_VALUE_LIMIT] or "?", inline=True)
+    embed.add_field(name="Agent", value=status.agent[:constants.DISCORD_EMBED_FIELD_VALUE_LIMIT] or "?", inline=True)
     if status.requested_by:
-        embed.add_field(name="Asked by", value=status.requested_by[:EMBED_FIELD_VALUE_LIMIT], inline=True)
+        embed.add_field(name="Asked by", value=status.requested_by[:constants.DISCORD_EMBED_FIELD_VALUE_LIMIT], inline=True)
     if status.state == RunState.QUEUED:
         if status.queue_position:
             embed.add_field(name="Queue", value=f"{_ordinal(status.queue_position)} in line", inline=True)
@@ -215,7 +206,7 @@ def status_embed(status: RunStatus) -> discord.Embed:
         embed.add_field(name="Steps", value=steps, inline=False)
     if not status.state.is_final:
         embed.set_footer(text=f"Cancel with the button or /cancel {status.run_id}")
-    assert len(embed) <= EMBED_TOTAL_LIMIT  # every part above is capped well below it
+    assert len(embed) <= constants.DISCORD_EMBED_TOTAL_LIMIT  # every part above is capped well below it
     return embed
 
 
@@ -229,7 +220,7 @@ def _steps(status: RunStatus) -> str:
     while True:
         head = [f"… and {hidden} earlier step(s)"] if hidden else []
         text = "\n".join(head + lines)
-        if len(text) <= EMBED_FIELD_VALUE_LIMIT:
+        if len(text) <= constants.DISCORD_EMBED_FIELD_VALUE_LIMIT:
             return text
         lines.pop(0)
         hidden += 1

@@ -35,7 +35,6 @@ from sqlalchemy import text as sql
 
 from adapters.slack_format import (
     CANCEL_ACTION_ID,
-    SLACK_EDIT_SAFE_LIMIT,
     escape,
     fit,
     from_slack,
@@ -136,7 +135,7 @@ class SlackPort:
                     raise
                 # Slack refuses long edits well below its 40k cap: show the safe part.
                 self.client.chat_update(channel=where.channel, ts=message_id,
-                                        **_content(reply, SLACK_EDIT_SAFE_LIMIT))
+                                        **_content(reply, constants.SLACK_EDIT_SAFE_LIMIT))
 
     def upload(self, where: ThreadRef, attachment: Attachment) -> str:
         with _rate_limits():
@@ -319,7 +318,7 @@ class SlackAdapter:
         while True:
             try:
                 with _rate_limits():
-                    return str(self.client.chat_postMessage(channel=channel, text=fit(text, SLACK_EDIT_SAFE_LIMIT),
+                    return str(self.client.chat_postMessage(channel=channel, text=fit(text, constants.SLACK_EDIT_SAFE_LIMIT),
                                                             unfurl_links=False)["ts"])
             except RateLimited as exc:
                 if time.monotonic() + exc.retry_after > deadline:

@@ -15,11 +15,6 @@ from bot.types import RunState, RunStatus
 
 #: The Cancel button on a run's status message; its value is the run id.
 CANCEL_ACTION_ID = "threadwork_cancel"
-#: Slack recommends keeping `text` under 4,000 characters (chat.postMessage docs,
-#: "Truncating content"); edits above it are refused well before the 40,000 cap.
-SLACK_EDIT_SAFE_LIMIT = 4_000
-#: A field of a section block holds at most 2,000 characters (Block Kit reference).
-SLACK_FIELD_LIMIT = 2_000
 #: A checklist line shows at most this much of a step's title, so twelve steps fit a section.
 CHECKLIST_LABEL_CHARS = 200
 #: The agent's latest words on the status message are cut here (as `render_status` does).
@@ -136,7 +131,7 @@ def status_blocks(status: RunStatus) -> list[dict[str, Any]]:
         fields.append(f"*Steps*\n{done} of {len(status.checklist) + status.hidden_items} done")
     blocks: list[dict[str, Any]] = [{
         "type": "section", "block_id": "status_head", "text": _mrkdwn(head),
-        "fields": [_mrkdwn(fit(field, SLACK_FIELD_LIMIT)) for field in fields],
+        "fields": [_mrkdwn(fit(field, constants.SLACK_FIELD_LIMIT)) for field in fields],
     }]
     lines = []
     if status.hidden_items:

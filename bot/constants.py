@@ -12,8 +12,18 @@ SLACK_SECTION_LIMIT = 3_000
 SLACK_MAX_BLOCKS = 50
 #: Discord message content is capped at 2,000 characters (Discord API docs).
 DISCORD_CONTENT_LIMIT = 2_000
-#: Discord embed descriptions are capped at 4,096 characters (Discord API docs).
-DISCORD_EMBED_DESCRIPTION_LIMIT = 4_096
+#: Slack recommends keeping `text` under 4,000 characters (chat.postMessage docs, "Truncating
+#: content"); edits above it are refused well before the 40,000 cap.
+SLACK_EDIT_SAFE_LIMIT = 4_000
+#: A field of a Slack section block holds at most 2,000 characters (Block Kit reference).
+SLACK_FIELD_LIMIT = 2_000
+#: Discord embed limits (Discord API docs, Embed Limits): title 256, field value 1,024, and
+#: 6,000 characters for all of a message's embeds together.
+DISCORD_EMBED_TITLE_LIMIT = 256
+DISCORD_EMBED_FIELD_VALUE_LIMIT = 1_024
+DISCORD_EMBED_TOTAL_LIMIT = 6_000
+#: Discord thread names are 1-100 characters (Discord API docs, Start Thread from Message).
+DISCORD_THREAD_NAME_LIMIT = 100
 #: Discord's default per-file upload limit, 10 MiB, on unboosted guilds (Discord API docs).
 DISCORD_DEFAULT_FILE_LIMIT = 10 * 1024 * 1024
 
@@ -26,10 +36,6 @@ STATUS_TEXT_LIMIT = 1_500
 STATUS_CHECKLIST_ITEMS = 12
 #: Replies longer than this are attached as a file rather than split into many messages.
 REPLY_ATTACH_THRESHOLD = 12_000
-
-#: Every platform wants an acknowledgement within 3 s (Slack Events API, Discord interactions);
-#: dispatch must stay far below it. Used by `bot doctor` and the bench, never as an assertion.
-ACK_BUDGET_S = 3.0
 
 #: RQ's default job timeout is 180 s (rq/defaults.py); chat jobs that only answer need less.
 CHAT_JOB_TIMEOUT_S = 180

@@ -41,22 +41,14 @@ class Database:
     @contextmanager
     def session(self) -> Iterator[Session]:
         """Yield a session inside one transaction: committed on success, rolled back on error."""
-        session = self._sessions()
-        try:
-            with session.begin():
-                yield session
-        finally:
-            session.close()
+        with _in_transaction(self._sessions) as session:
+            yield session
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
         """Yield a session for reads only: on SQLite it never waits for the write lock."""
-        session = self._readers()
-        try:
-            with session.begin():
-                yield session
-        finally:
-            session.close()
+        with _in_transaction(self._readers) as session:
+            yield session
 
     def migrate(self) -> str:
         """Apply every pending migration; return the schema revision now in force."""
@@ -81,6 +73,16 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+@contextmanager
+def _in_transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    session = sessions()
+    try:
+        with session.begin():
+            yield session
+    finally:
+        session.close()
 
 
 def safe_url(url: str) -> str:

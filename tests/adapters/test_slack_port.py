@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from adapters.slack import SlackPort, web_api_port
-from adapters.slack_format import CANCEL_ACTION_ID, SLACK_EDIT_SAFE_LIMIT, fit, from_slack, to_mrkdwn
+from adapters.slack_format import CANCEL_ACTION_ID, fit, from_slack, to_mrkdwn
+from bot.constants import SLACK_EDIT_SAFE_LIMIT
 from bot.engine import Engine
 from bot.errors import RateLimited
 from bot.progress import LiveMessage, render_status
