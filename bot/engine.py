@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pluggy
@@ -134,8 +134,10 @@ class Engine:
         """Route the message cheaply, persist it, then answer its command or enqueue its job.
 
         One transaction stores the message, its routing decision and, for a command, the reply;
-        the reply is posted after the commit.
+        the reply is posted after the commit. A secret pasted into the chat is stored, routed
+        and handed on redacted.
         """
+        message = replace(message, text=self.redact(message.text))
         conversation = self.inbox.conversation(message.where, message.text[:80])
         if message.external_id is not None and self.inbox.find(conversation.id, message.external_id):
             return self._duplicate(message, conversation)
@@ -162,6 +164,7 @@ class Engine:
 
     def persist_and_route(self, message: Message) -> Dispatched:
         """Route the message cheaply and store it with its decision; act on nothing."""
+        message = replace(message, text=self.redact(message.text))
         conversation = self.inbox.conversation(message.where, message.text[:80])
         decision = self.hook.route_message(message=message, conversation=conversation, engine=self)
         try:
@@ -279,6 +282,11 @@ class Engine:
         items = [item for result in self.hook.recall(message=message, conversation=conversation,
                                                        budget_tokens=budget_tokens) for item in result or ()]
         return within_budget(items, budget_tokens)
+
+    def remember(self, message: Message, conversation: Conversation, reply: str) -> None:
+        """Hand a finished exchange to the memory plugins, redacted like everything stored."""
+        clean = replace(message, text=self.redact(message.text))
+        self.hook.remember(message=clean, conversation=conversation, reply=self.redact(reply))
 
     def plugin_settings(self, name: str) -> dict[str, Any]:
         """Return the manifest's settings for one plugin (empty when it has none)."""

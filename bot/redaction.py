@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
+from typing import Any
 
 REDACTED = "[redacted]"
 
@@ -14,7 +15,8 @@ _TOKEN_SHAPES = re.compile(
     r"|xapp-[A-Za-z0-9-]{10,}"  # Slack app-level tokens
     r"|sk-ant-[A-Za-z0-9_-]{10,}"  # Anthropic keys
     r"|[MN][A-Za-z\d_-]{23,25}\.[A-Za-z\d_-]{6}\.[A-Za-z\d_-]{27,}"  # Discord bot tokens
-    r"|(?:postgres(?:ql)?|redis|rediss)(?:\+\w+)?://[^\s:@/]+:[^\s@/]+@)"  # URLs with passwords
+    r"|(?:postgres(?:ql)?|redis|rediss)(?:\+\w+)?://[^\s:@/]+:[^\s@/]+@"  # URLs with passwords
+    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z))"  # PEM private keys
 )
 
 
@@ -30,6 +32,16 @@ class Redactor:
             if secret in text:
                 text = text.replace(secret, REDACTED)
         return _TOKEN_SHAPES.sub(REDACTED, text)
+
+    def json(self, value: Any) -> Any:
+        """Return a JSON-like value (dicts, lists, strings) with every string in it redacted."""
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, dict):
+            return {self(str(key)): self.json(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.json(item) for item in value]
+        return value
 
     def bytes(self, data: bytes) -> bytes:
         """Return `data` with secrets replaced, when it is UTF-8 text; binary passes unchanged."""

@@ -226,7 +226,7 @@ def _conclude(engine: Engine, run: AgentRun, conversation: Conversation, outcome
     if state == RunState.DONE:
         answer = outcome.final_text or "Done (the agent gave no summary)."
         _post_answer(engine, run, conversation, answer, request_message_id)
-        engine.hook.remember(message=Message(where=conversation.where, text=run.prompt, user_id="",
+        engine.remember(message=Message(where=conversation.where, text=run.prompt, user_id="",
                                              user_name=run.requested_by), conversation=conversation, reply=answer)
 
 
@@ -244,12 +244,12 @@ def _attach_changes(engine: Engine, run: AgentRun, conversation: Conversation, w
     if workspace is None or not (workspace / ".git").is_dir():
         return 0
     try:
-        changed = workspaces.commit_run(workspace, run.id, run.prompt)
+        changes = workspaces.commit_run(workspace, run.id, run.prompt)
     except UserFacingError as exc:
         log.warning("run %s: %s", run.id, exc)
         return 0
     attached = 0
-    for file in changed[: constants.RUN_MAX_ATTACHMENTS]:
+    for file in changes.files[: constants.RUN_MAX_ATTACHMENTS]:
         file_id = None
         if file.size <= constants.RUN_MAX_ATTACHMENT_BYTES:
             try:
@@ -261,6 +261,9 @@ def _attach_changes(engine: Engine, run: AgentRun, conversation: Conversation, w
         with engine.db.session() as session:
             Resources(session).add(conversation.id, file.path, run_id=run.id, size=file.size, sha256=file.sha256,
                                    platform_file_id=file_id)
+    if changes.refused:
+        lines = [f"- `{refused.path}`: {refused.reason}, not uploaded" for refused in changes.refused]
+        engine.say(conversation, f"Run {run.id} made files that were not uploaded:\n" + "\n".join(lines))
     return attached
 
 
@@ -296,6 +299,9 @@ class _Progress:
         self._lock = threading.Lock()
 
     def on_event(self, event: RunEvent) -> None:
+        # The agent may print a secret it found (a token in a repo): nothing unredacted is stored.
+        redact = self.engine.redact
+        event = replace(event, name=redact(event.name), text=redact(event.text), raw=redact.json(event.raw))
         with self._lock:
             self.seq += 1
             seq = self.seq

@@ -86,7 +86,7 @@ def _answer(engine: Engine, message_id: int, message: Message, conversation: Con
         engine.say(conversation, NO_MODEL_CONFIGURED, reply_to=message_id)
         return
     if answer:  # an empty answer: the thread was told the model failed; nothing to remember
-        engine.hook.remember(message=message, conversation=conversation, reply=answer)
+        engine.remember(message=message, conversation=conversation, reply=answer)
 
 
 def _start_agent(engine: Engine, message_id: int, message: Message, conversation: Conversation) -> None:

@@ -258,3 +258,45 @@ def test_agent_pass_env_passes_a_model_key_but_never_platform_tokens(tmp_path: P
     seen = (tmp_path / "data" / "workspaces" / "1" / "env.txt").read_text()
     assert "MODEL_KEY=model-key-value" in seen
     assert "SLACK_BOT_TOKEN" not in seen and "xoxb-111" not in seen
+
+
+def test_a_symlink_to_a_host_file_is_refused_and_named_never_uploaded(tmp_path: Path, model) -> None:
+    model.script(Turn.bash("ln -s /etc/passwd passwd-link && echo kept > notes.txt"), Turn.text("made a link"))
+    engine, view = make_engine(agent_settings(tmp_path, model))
+    try:
+        ask(engine, "/agent link the passwd file")
+        engine.queue.wait(timeout=120)
+        host_passwd = Path("/etc/passwd").read_bytes()
+        assert [(f.filename, f.data) for f in view.files] == [("notes.txt", b"kept\n")]
+        assert all(host_passwd not in f.data for f in view.files)
+        posted = [view.last(m) for m in view.order]
+        assert any("`passwd-link`: a symlink, not uploaded" in text for text in posted)
+        assert "1 file(s) attached." in view.last(view.order[0])
+        with engine.db.reading() as session:
+            assert [r.path for r in Resources(session).in_conversation(1)] == ["notes.txt"]
+    finally:
+        engine.close()
+
+
+def test_a_token_the_agent_prints_is_stored_nowhere_in_the_database(tmp_path: Path, model) -> None:
+    token = "xoxb-5550001111-2223334444-ZyXwVuTsRqPoNmLkJiHgFeDc"
+    model.script(Turn.bash(f"echo {token} > found.txt && cat found.txt"), Turn.text(f"I found {token} in the repo."))
+    engine, view = make_engine(agent_settings(tmp_path, model))
+    try:
+        ask(engine, "/agent look for tokens")
+        engine.queue.wait(timeout=120)
+        assert run_of(engine, 1).state == RunState.DONE
+    finally:
+        engine.close()
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "data" / "threadwork.db")
+    tables = [name for (name,) in db.execute("select name from sqlite_master where type = 'table'")]
+    assert "run_events" in tables
+    for table in tables:
+        for row in db.execute(f"select * from {table}"):  # noqa: S608 - names come from sqlite_master
+            assert token not in repr(row), f"the token is stored in {table}"
+    raw = [row[0] for row in db.execute("select raw from run_events where kind = 'tool'")]
+    assert any("[redacted]" in (value or "") for value in raw)  # the command was kept, the token not
+    assert all(token not in f.data.decode(errors="replace") for f in view.files)
+    assert all(token not in view.last(m) for m in view.order)

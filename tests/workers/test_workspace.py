@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import os
+
 from workers.workspace import commit_run, prepare
 
 
@@ -29,12 +31,25 @@ def test_a_workspace_starts_from_the_channels_repository_and_commits_each_run(tm
     (workspace / "README.md").write_text("# Service\n\nNow documented.\n")
     (workspace / "docs.md").write_text("docs\n")
     changed = commit_run(workspace, 3, "document the service")
-    assert sorted((c.path, c.size) for c in changed) == [("README.md", 27), ("docs.md", 5)]
+    assert sorted((c.path, c.size) for c in changed.files) == [("README.md", 27), ("docs.md", 5)]
     assert git(workspace, "log", "-1", "--format=%s").strip() == "Run 3: document the service"
-    assert commit_run(workspace, 4, "nothing") == []  # a run that changed nothing commits nothing
+    assert commit_run(workspace, 4, "nothing").files == []  # a run that changed nothing commits nothing
 
 
 def test_an_empty_workspace_is_a_repository_from_the_start(tmp_path: Path) -> None:
     workspace = tmp_path / "ws"
     prepare(workspace, None)
     assert git(workspace, "log", "--format=%s").strip() == "Workspace created by Threadwork"
+
+
+def test_a_symlink_fifo_or_symlinked_folder_is_refused_never_read(tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    prepare(workspace, None)
+    (workspace / "ok.txt").write_text("fine\n")
+    (workspace / "passwd-link").symlink_to("/etc/passwd")
+    (workspace / "etc-dir").symlink_to("/etc")
+    os.mkfifo(workspace / "pipe")
+    changes = commit_run(workspace, 1, "make links")
+    assert [(f.path, f.data) for f in changes.files] == [("ok.txt", b"fine\n")]
+    assert {(r.path, r.reason) for r in changes.refused} == {("passwd-link", "a symlink"), ("etc-dir", "a symlink")}
+    # git does not track FIFOs, so the pipe is neither read nor listed; nothing blocked on it.
