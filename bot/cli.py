@@ -59,7 +59,7 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--thread", default=None, help="Thread to continue (default: the last one, 'main').")
+@click.option("--thread", default=None, help="Thread to continue (default: 'main').")
 @click.option("--new", "new_thread", is_flag=True, help="Start a new thread.")
 @_clean_errors
 def chat(thread: str | None, new_thread: bool) -> None:
