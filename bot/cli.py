@@ -38,7 +38,8 @@ def _clean_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return func(*args, **kwargs)
         except UserFacingError as exc:
-            click.echo(f"error: {exc}", err=True)
+            for line in str(exc).splitlines() or [type(exc).__name__]:
+                click.echo(f"error: {line}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             sys.exit(130)
@@ -100,16 +101,20 @@ def run() -> None:
     lacking = {p: missing_credentials(p, manifest, settings) for p in enabled}
     ready = [p for p in enabled if not lacking[p]]
     if not ready:
-        click.echo("No platform adapter can start: none is enabled with its credentials.", err=True)
-        for platform in enabled:
-            click.echo(f"  {platform}: set {', '.join(lacking[platform])}", err=True)
-        click.echo("See the README (Slack, Discord). For a local chat with no tokens: python -m bot chat", err=True)
-        sys.exit(1)
+        problems = [f"{platform}: set {', '.join(lacking[platform])}" for platform in enabled]
+        raise UserFacingError("\n".join([
+            "no platform adapter can start: none is enabled with its credentials",
+            *problems,
+            "see the README (Slack, Discord); for a local chat with no tokens: python -m bot chat",
+        ]))
     for platform in enabled:
         if lacking[platform]:
             click.echo(f"{platform}: not started (set {', '.join(lacking[platform])})", err=True)
     engine = Engine.from_settings(settings)
     set_current(engine)
+    if engine.listening_workers() == 0:
+        click.echo("queue: no worker is running, so answers and agent runs will wait: start `python -m bot worker`",
+                   err=True)
     reaper = _in_process_reaper(engine)
     try:
         _run_adapters(engine, [importlib.import_module(PLATFORM_ADAPTERS[p]) for p in ready])
@@ -152,7 +157,8 @@ def worker(burst: bool, name: str | None, with_scheduler: bool) -> None:
     settings = _settings()
     if not settings.redis_url:
         raise UserFacingError("REDIS_URL is not set: workers need Redis (the console bot runs jobs in-process without it)")
-    sys.exit(resolve(RUN_WORKER)(settings, burst=burst, name=name, with_scheduler=with_scheduler))
+    sys.exit(resolve(RUN_WORKER)(settings, burst=burst, name=name, with_scheduler=with_scheduler,
+                                 ready=lambda line: click.echo(line, err=True)))
 
 
 @main.command()
@@ -162,6 +168,7 @@ def migrate() -> None:
     from bot.db import Database, safe_url
 
     settings = _settings()
+    load_manifest(settings.manifest_path)  # a broken manifest stops here, before the schema changes
     db = Database(settings.database_url)
     revision = db.migrate()
     db.close()
@@ -169,18 +176,21 @@ def migrate() -> None:
 
 
 @main.command()
+@click.option("--offline", is_flag=True, help="Skip the checks that call a model over the network.")
 @_clean_errors
-def doctor() -> None:
-    """Check the manifest, environment, database, Redis and the agent binary."""
+def doctor(offline: bool) -> None:
+    """Check the manifest, environment, database, queue, workers, the agent and its model."""
     from bot.doctor import run_checks
 
-    checks = run_checks(_settings())
+    checks = run_checks(_settings(), offline=offline)
     marks = {True: "ok  ", False: "FAIL", None: "warn"}
     for check in checks:
         click.echo(f"{marks[check.ok]} {check.name:<9} {check.detail}")
         if check.fix and check.ok is not True:
             click.echo(f"     {'':<9} fix: {check.fix}")
-    sys.exit(1 if any(check.ok is False for check in checks) else 0)
+    failed = [check.name for check in checks if check.ok is False]
+    if failed:
+        raise UserFacingError(f"{len(failed)} check{'s' if len(failed) > 1 else ''} failed: {', '.join(failed)}")
 
 
 @main.command()

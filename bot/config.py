@@ -1,7 +1,7 @@
 """Configuration: `manifest.yml` for what the bot is, the environment for secrets and URLs.
 
-The manifest is validated at start; a bad one raises `ConfigError` with one line naming the
-key and what is wrong. Secrets never live in the manifest: `Settings.from_env` reads them, and
+The manifest is validated at start; a bad one raises `ConfigError` with one line per problem,
+each naming the key and what is wrong. Secrets never live in the manifest: `Settings.from_env` reads them, and
 `Settings.secret_values` lists them for the redaction step.
 """
 
@@ -179,16 +179,17 @@ def load_manifest(path: Path | None) -> Manifest:
     try:
         return Manifest.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{name}: {_first_error(exc)}") from None
+        raise ConfigError("\n".join(f"{name}: {problem}" for problem in _problems(exc))) from None
 
 
-def _first_error(exc: ValidationError) -> str:
-    errors = exc.errors()
-    first = errors[0]
-    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-    return f"{key}: {message}{more}"
+def _problems(exc: ValidationError) -> list[str]:
+    """Return one line per validation problem: the key, then what is wrong with it."""
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        lines.append(f"{key}: {message}")
+    return lines
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,9 @@ RUN_MAX_ATTACHMENTS = 10
 RUN_MAX_ATTACHMENT_BYTES = 8 * 1024 * 1024
 #: Name of the RQ queue every Threadwork job goes to.
 QUEUE_NAME = "threadwork"
+#: How long the answer to "is any worker listening?" is trusted before Redis is asked again:
+#: a person starting a worker sees the notice stop within this, and a busy bot asks rarely.
+WORKERS_RECHECK_S = 5.0
 
 #: SQLite waits this long for a lock before failing (WAL allows one writer at a time).
 SQLITE_BUSY_TIMEOUT_MS = 5_000

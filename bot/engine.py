@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 
 #: What a person sees when handling their message failed unexpectedly.
 SOMETHING_WENT_WRONG = "Sorry, something went wrong with that message; the error is in the bot's log."
+#: What a thread is told when its work went to a Redis queue that no worker takes jobs from.
+NO_WORKER = "Queued; no worker is running: start `python -m bot worker`."
 #: Dotted path of the job that handles a message routed to a direct answer or the agent.
 HANDLE_MESSAGE_JOB = "workers.jobs.handle_message"
 
@@ -83,6 +86,7 @@ class Engine:
         self.cancels = CancelSignals(settings.redis_url)
         self._ports: dict[str, ChatPort] = {}
         self._ports_lock = threading.Lock()
+        self._workers_seen: tuple[float, int | None] = (float("-inf"), None)
         self.commands: dict[str, Command] = {}
         for commands in self.hook.register_commands():
             for command in commands or ():
@@ -160,6 +164,8 @@ class Engine:
             job_id=job_id,
             timeout=self.agent_job_timeout if decision.route == Route.AGENT else constants.CHAT_JOB_TIMEOUT_S,
         )
+        if self.listening_workers() == 0:
+            self.port_for(message.where.platform).post(message.where, Reply(NO_WORKER))
         return Dispatched(message_id, conversation, decision, job_id=job_id)
 
     def persist_and_route(self, message: Message) -> Dispatched:
@@ -268,6 +274,15 @@ class Engine:
                     raise ConfigError(f"no adapter can post to {platform!r} from this process")
                 self._ports[platform] = port
             return port
+
+    def listening_workers(self) -> int | None:
+        """Return how many workers take queued jobs (None: this process runs them), cached briefly."""
+        checked_at, count = self._workers_seen
+        now = time.monotonic()
+        if now - checked_at >= constants.WORKERS_RECHECK_S:
+            count = self.queue.listening_workers()
+            self._workers_seen = (now, count)
+        return count
 
     # -- reads plugins and jobs share -------------------------------------------------------------
 

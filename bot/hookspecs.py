@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from bot.config import Manifest, Settings
     from bot.engine import Engine
     from bot.types import (
         AgentRun,
         Command,
         Conversation,
+        HealthCheck,
         MemoryItem,
         Message,
         RouteDecision,
@@ -135,4 +137,17 @@ def chat_port(platform: str, engine: Engine) -> Any:
 
     :param platform: the platform's name, as in `ThreadRef.platform`.
     :param engine: the engine, for settings and secrets.
+    """
+
+
+@hookspec
+def check_health(manifest: Manifest, settings: Settings, offline: bool) -> list[HealthCheck]:
+    """Return this plugin's lines for `python -m bot doctor` (`bot.types.HealthCheck`).
+
+    An agent checks its binary, that a model is configured and, unless `offline`, that the
+    model answers one tiny request. Checks must finish within seconds and print no secret.
+
+    :param manifest: the validated manifest.
+    :param settings: the environment as read at start.
+    :param offline: True when the person asked not to call anything over the network.
     """

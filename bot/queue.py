@@ -47,6 +47,10 @@ class JobQueue(Protocol):
         """Stop taking jobs and release resources."""
         ...
 
+    def listening_workers(self) -> int | None:
+        """Return how many workers take this queue's jobs (None: this process runs them)."""
+        ...
+
 
 class InProcessQueue:
     """Runs jobs in background threads of this process: the embedded default, no servers.
@@ -86,6 +90,9 @@ class InProcessQueue:
                     return False
                 self._done.wait(left)
         return True
+
+    def listening_workers(self) -> int | None:
+        return None
 
     def close(self, timeout: float = SHUTDOWN_TIMEOUT_S) -> None:
         """Finish the jobs already taken, then stop the threads (waiting at most `timeout`)."""
@@ -153,6 +160,15 @@ class RedisQueue:
                 if time.monotonic() >= deadline:
                     return False
         return True
+
+    def listening_workers(self) -> int | None:
+        """Return how many RQ workers are registered on this queue (0: the jobs will wait)."""
+        from rq import Worker
+
+        try:
+            return Worker.count(connection=self.connection, queue=self.rq)
+        except self._redis_error as exc:
+            raise QueueUnavailable(f"cannot reach Redis ({type(exc).__name__}); is REDIS_URL right?") from None
 
     def close(self) -> None:
         self.connection.close()

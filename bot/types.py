@@ -316,3 +316,14 @@ class Agent(Protocol):
     def run(self, task: AgentTask, on_event: Callable[[RunEvent], None], cancel: threading.Event) -> AgentOutcome:
         """Run the task to its end (or until `cancel` is set), reporting each event; return how it ended."""
         ...
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """One line of `python -m bot doctor`: what was checked, how it went, how to fix it."""
+
+    name: str
+    #: True: fine; False: broken (doctor fails); None: a warning.
+    ok: bool | None
+    detail: str
+    fix: str = ""

@@ -17,11 +17,19 @@ def help_text(context: CommandContext) -> str:
             continue  # chat-line patterns (greetings, thanks) are not commands to type
         usage = command.usage or f"/{command.name}"
         lines.append(f"- `{usage}` - {command.help}")
-    lines.append("- `/agent <task>` - send the coding agent to work on a task in this thread's workspace")
-    lines.append("- `/ask <question>` - answer in chat, never starting the agent")
     lines.append("")
     lines.append("Anything else: I decide whether to answer or to start the agent.")
     return "\n".join(lines)
+
+
+def agent_usage(context: CommandContext) -> str:
+    """Say how to use `/agent`, which came without a task (with a task it is a route, not this)."""
+    return "Usage: `/agent <task>`, e.g. `/agent add a --verbose flag to cli.py and test it`."
+
+
+def ask_usage(context: CommandContext) -> str:
+    """Say how to use `/ask`, which came without a question."""
+    return "Usage: `/ask <question>`, e.g. `/ask what does the retry logic in worker.py do?`."
 
 
 def history(context: CommandContext) -> str:
@@ -96,4 +104,7 @@ def register_commands() -> list[Command]:
         Command("threads", "list this channel's threads", threads),
         Command("runs", "list this thread's agent runs", runs),
         Command("files", "list the files agents made in this thread", files),
+        Command("agent", "send the coding agent to work on a task in this thread's workspace", agent_usage,
+                usage="/agent <task>"),
+        Command("ask", "answer in chat, never starting the agent", ask_usage, usage="/ask <question>"),
     ]

@@ -222,7 +222,7 @@ def _conclude(engine: Engine, run: AgentRun, conversation: Conversation, outcome
     progress.status.state, progress.status.note = state, note
     progress.finish()
     if state == RunState.FAILED or progress.status.hidden_items:
-        _attach_log(engine, run, conversation)
+        _attach_log(engine, run, conversation, f"{state.value}: {outcome.error}" if outcome.error else state.value)
     if state == RunState.DONE:
         answer = outcome.final_text or "Done (the agent gave no summary)."
         _post_answer(engine, run, conversation, answer, request_message_id)
@@ -267,11 +267,11 @@ def _attach_changes(engine: Engine, run: AgentRun, conversation: Conversation, w
     return attached
 
 
-def _attach_log(engine: Engine, run: AgentRun, conversation: Conversation) -> None:
-    """Attach every event of the run: the status message shows only the last steps."""
+def _attach_log(engine: Engine, run: AgentRun, conversation: Conversation, outcome: str) -> None:
+    """Attach every event of the run and how it ended: the status shows only the last steps."""
     with engine.db.reading() as session:
         events = Runs(session).events(run.id)
-    lines = [f"# Run {run.id} ({run.agent})", "", f"Request: {run.prompt}", ""]
+    lines = [f"# Run {run.id} ({run.agent})", "", f"Request: {run.prompt}", "", f"Outcome: {outcome}", ""]
     for event in events:
         stamp = event.created_at.strftime("%H:%M:%S")
         detail = event.text if event.kind != EventKind.TOKENS.value else f"{event.tokens_in} in / {event.tokens_out} out"

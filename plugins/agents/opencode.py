@@ -17,12 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bot.config import resolve_agent_binary
+from bot.config import Manifest, Settings, resolve_agent_binary
 from bot.engine import Engine
 from bot.errors import UserFacingError
 from bot.hookspecs import hookimpl
-from bot.types import AgentOutcome, AgentTask, EventKind, RunEvent
+from bot.types import AgentOutcome, AgentTask, EventKind, HealthCheck, RunEvent
 from plugins.agents.opencode_events import parse_line
+from plugins.agents.opencode_model import connection_problem, ping, read_user_config, resolve_endpoint
 from plugins.agents.process_tree import kill_tree, spawn
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,10 @@ XDG_DIRS = ("XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOM
 NO_MODEL = ("No model is configured for the coding agent: set OPENCODE_CONFIG to an opencode config with a "
             "provider, or agent.model in manifest.yml (listing its API key's variable in agent.pass_env). "
             "See the README, Agent runs.")
+NOT_INSTALLED = ("The opencode binary is not installed: run `npm install` in the bot's checkout "
+                 "(it pins opencode-ai), or set OPENCODE_BIN.")
+#: Seconds the agent binary gets to print its version (a cold node start on 2 busy cores).
+VERSION_TIMEOUT_S = 20
 #: Lines of opencode's stderr kept for the error message of a failed run.
 STDERR_TAIL_LINES = 20
 
@@ -144,12 +149,7 @@ class OpencodeAgent:
         return env
 
     def _write_config(self, task: AgentTask) -> Path:
-        config: dict[str, Any] = {}
-        if self.user_config is not None:
-            try:
-                config = json.loads(self.user_config.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise UserFacingError(f"OPENCODE_CONFIG ({self.user_config}) cannot be read as JSON: {exc}") from None
+        config = read_user_config(str(self.user_config) if self.user_config else None)
         config.update({"permission": permission_rules(task.allow_webfetch), "autoupdate": False, "share": "disabled"})
         path = task.state_dir / "opencode.json"
         path.write_text(json.dumps(config, indent=2), encoding="utf-8")
@@ -183,13 +183,17 @@ class _LazyAgent:
         settings, manifest = self.engine.settings, self.engine.manifest
         binary = resolve_agent_binary(manifest, settings)
         if binary is None:
-            raise UserFacingError("The opencode binary is not installed: run `npm install` in the bot's checkout "
-                                  "(it pins opencode-ai), or set OPENCODE_BIN.")
+            raise UserFacingError(NOT_INSTALLED)
         user_config = settings.get("OPENCODE_CONFIG")
-        if not user_config and not task.model:
+        endpoint = resolve_endpoint(task.model, read_user_config(user_config), {**settings.env, **task.env})
+        if endpoint is None:
             # The agent has state dirs of its own, so no opencode config of the user's applies;
             # without a model opencode retries an unreachable default for over a minute.
             raise UserFacingError(NO_MODEL)
+        problem = connection_problem(endpoint)
+        if problem:
+            raise UserFacingError(f"The agent's model {endpoint.name} cannot be reached at {endpoint.base_url} "
+                                  f"({problem}). Check its address in OPENCODE_CONFIG, or `python -m bot doctor`.")
         return OpencodeAgent(binary, Path(user_config) if user_config else None).run(task, on_event, cancel)
 
 
@@ -199,3 +203,53 @@ _agent = _LazyAgent()
 @hookimpl
 def startup(engine: Engine) -> None:
     _agent.engine = engine
+
+
+@hookimpl
+def check_health(manifest: Manifest, settings: Settings, offline: bool) -> list[HealthCheck]:
+    if manifest.agent.name != NAME:
+        return []
+    return [_binary_check(manifest, settings), *_model_checks(manifest, settings, offline)]
+
+
+def _binary_check(manifest: Manifest, settings: Settings) -> HealthCheck:
+    binary = resolve_agent_binary(manifest, settings)
+    # With no model configured the agent is not in use yet: its absence is a warning only.
+    wanted = bool(manifest.agent.model or settings.get("OPENCODE_CONFIG"))
+    if binary is None:
+        return HealthCheck("agent", False if wanted else None, "the opencode binary was not found",
+                           "run `npm install` in the checkout (pins opencode-ai), or set OPENCODE_BIN")
+    try:
+        result = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
+                                timeout=VERSION_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return HealthCheck("agent", False, f"{binary} does not run: {type(exc).__name__}", "reinstall with `npm install`")
+    version = (result.stdout or result.stderr).strip().splitlines()[:1]
+    return HealthCheck("agent", result.returncode == 0, f"{binary} {version[0] if version else ''}".strip(),
+                       "" if result.returncode == 0 else "reinstall with `npm install`")
+
+
+def _model_checks(manifest: Manifest, settings: Settings, offline: bool) -> list[HealthCheck]:
+    try:
+        config = read_user_config(settings.get("OPENCODE_CONFIG"))
+    except UserFacingError as exc:
+        return [HealthCheck("model", False, str(exc), "point OPENCODE_CONFIG at a valid opencode.json")]
+    passed = {name: value for name in manifest.agent.pass_env if (value := settings.get(name))}
+    endpoint = resolve_endpoint(manifest.agent.model, config, passed)
+    if endpoint is None:
+        return [HealthCheck("model", None, "no model is configured for the coding agent: /agent cannot run",
+                            "set agent.model in manifest.yml or OPENCODE_CONFIG (README: Giving the agent a model)")]
+    if offline:
+        return [HealthCheck("model", None, f"{endpoint.name}: not called (--offline)")]
+    if endpoint.api is None:
+        return [HealthCheck("model", None, f"{endpoint.name}: cannot tell how to call this provider; not checked")]
+    if not endpoint.api_key and endpoint.api == "anthropic":
+        variable = "ANTHROPIC_API_KEY"
+        return [HealthCheck("model", False, f"{endpoint.name}: no API key reaches the agent",
+                            f"export {variable} and list it in agent.pass_env")]
+    problem = connection_problem(endpoint)
+    if problem:
+        return [HealthCheck("model", False, f"{endpoint.name} at {endpoint.base_url}: {problem}",
+                            "check the provider's baseURL in OPENCODE_CONFIG, or run `doctor --offline` offline")]
+    answered, detail = ping(endpoint)
+    return [HealthCheck("model", answered, detail, "" if answered else "check the model name and its API key")]

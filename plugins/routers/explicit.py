@@ -20,7 +20,7 @@ def route_message(message: Message, engine: Engine) -> RouteDecision | None:
         name, argument = name.lower(), argument.strip()
         if name in OVERRIDES:
             if not argument:
-                return RouteDecision(Route.COMMAND, "explicit", 1.0, f"/{name} without a request", command="help")
+                return RouteDecision(Route.COMMAND, "explicit", 1.0, f"/{name} without a request", command=name)
             return RouteDecision(OVERRIDES[name], "explicit", 1.0, f"/{name} override", text=argument)
         return RouteDecision(Route.COMMAND, "explicit", 1.0, f"/{name} command", command=name, argument=argument)
     # A bare command name on its own ("help", "history") is a command too; chat-line

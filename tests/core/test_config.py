@@ -72,11 +72,29 @@ def test_doctor_reports_each_check_and_how_to_fix_it(tmp_path: Path) -> None:
     assert any(line.startswith("FAIL queue     cannot reach Redis") for line in lines)
     assert any("fix: start redis-server or fix REDIS_URL" in line for line in lines)
     assert any(line.startswith("warn llm") for line in lines)
-    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == ["error: 1 check failed: queue"]
+    assert result.returncode == 2
 
 
 def test_run_with_no_credentials_says_how_to_enable_an_adapter(tmp_path: Path) -> None:
     result = run_bot(["run"], tmp_path)
-    assert result.returncode == 1
-    assert "No platform adapter can start" in result.stderr
-    assert "python -m bot chat" in result.stderr
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == "error: no platform adapter can start: none is enabled with its credentials"
+    assert "error: slack: set SLACK_BOT_TOKEN, SLACK_APP_TOKEN" in lines and "error: discord: set DISCORD_TOKEN" in lines
+    assert all(line.startswith("error: ") for line in lines) and "python -m bot chat" in lines[-1]
+
+
+def test_a_manifest_with_two_problems_names_both_and_migrate_refuses_it(tmp_path: Path) -> None:
+    bad = tmp_path / "manifest.yml"
+    bad.write_text("llm:\n  max_tokens: -5\nagent:\n  modle: anthropic/claude-sonnet-4-6\n")
+    for command in (["chat"], ["migrate"], ["run"]):
+        result = run_bot(command, tmp_path, input="help\n", BOT_MANIFEST=str(bad))
+        assert result.returncode == 2, command
+        assert result.stderr.strip().splitlines() == [
+            "error: manifest.yml: llm.max_tokens: Input should be greater than or equal to 1",
+            "error: manifest.yml: agent.modle: unknown key",
+        ], command
+    assert not (tmp_path / "data" / "threadwork.db").exists()  # migrate changed nothing
+    doctor = run_bot(["doctor"], tmp_path, BOT_MANIFEST=str(bad))
+    assert doctor.stdout.count("FAIL manifest") == 2 and doctor.returncode == 2

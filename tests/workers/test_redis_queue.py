@@ -13,13 +13,25 @@ from rq.job import Job
 from tests.conftest import REPO, bot_env, run_bot
 
 
-def test_a_message_enqueued_on_redis_is_answered_by_a_worker_process(tmp_path: Path, redis_url: str) -> None:
+def start_worker(tmp_path: Path, redis_url: str, name: str) -> tuple[subprocess.Popen[str], str]:
+    """Start `python -m bot worker` and return it with the ready line it printed."""
     worker = subprocess.Popen(
-        [sys.executable, "-m", "bot", "worker", "--name", "test-worker-1"],
+        [sys.executable, "-m", "bot", "worker", "--name", name],
         env=bot_env(tmp_path, REDIS_URL=redis_url), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True,
     )
+    assert worker.stdout is not None
+    return worker, worker.stdout.readline()
+
+
+def test_a_message_enqueued_on_redis_is_answered_by_a_worker_process(tmp_path: Path, redis_url: str) -> None:
+    worker, ready = start_worker(tmp_path, redis_url, "test-worker-1")
     try:
+        # One line when it listens: which worker, which queue, where, and the agent it runs.
+        assert ready.startswith("worker ready: test-worker-1 on queue 'threadwork' at redis://127.0.0.1:")
+        assert "agent opencode (" in ready
+        doctor = run_bot(["doctor", "--offline"], tmp_path, REDIS_URL=redis_url)
+        assert "ok   workers   1 worker listening" in doctor.stdout
         chat = run_bot(["chat"], tmp_path, input="what does the nightly job do?\n", REDIS_URL=redis_url)
         assert chat.returncode == 0, chat.stderr
         # The worker's answer travelled back to this terminal through Redis.
@@ -59,3 +71,23 @@ def test_an_unreachable_redis_is_one_plain_line(tmp_path: Path) -> None:
         "jobs in-process"
     ]
     assert result.returncode == 2
+
+
+def test_with_no_worker_listening_the_thread_and_doctor_say_so(tmp_path: Path, redis_url: str) -> None:
+    from bot.engine import NO_WORKER, Engine
+    from bot.types import Message, ThreadRef
+    from tests.conftest import make_settings
+    from tests.workers.agent_support import ThreadView
+
+    engine = Engine.from_settings(make_settings(tmp_path, REDIS_URL=redis_url), load_entrypoints=False)
+    view = ThreadView()
+    engine.attach_port(view)
+    try:
+        engine.receive(Message(where=ThreadRef("test", "C1", "T1"), text="what does the nightly job do?", user_id="U1"))
+    finally:
+        engine.close()
+    assert [view.last(m) for m in view.order] == [NO_WORKER]
+    doctor = run_bot(["doctor", "--offline"], tmp_path, REDIS_URL=redis_url)
+    assert "FAIL workers   no worker is listening" in doctor.stdout
+    assert "fix: start `python -m bot worker`" in doctor.stdout
+    assert doctor.stderr.strip().splitlines() == ["error: 1 check failed: workers"] and doctor.returncode == 2

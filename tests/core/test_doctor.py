@@ -1,0 +1,30 @@
+"""`python -m bot doctor` asks every plugin for its checks, third-party ones included."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tests.conftest import REPO, run_bot
+
+PLUGIN = '''
+from bot.hookspecs import hookimpl
+from bot.types import HealthCheck
+
+
+@hookimpl
+def check_health(manifest, settings, offline):
+    reached = "skipped" if offline else "reached"
+    return [HealthCheck("ticketing", False, f"ticket tracker not {reached}", "export TICKETS_TOKEN")]
+'''
+
+
+def test_a_plugins_health_check_is_a_doctor_line_and_fails_the_doctor(tmp_path: Path) -> None:
+    (tmp_path / "ticket_plugin.py").write_text(PLUGIN)
+    manifest = tmp_path / "manifest.yml"
+    manifest.write_text((REPO / "manifest.yml").read_text().replace("  modules: []", "  modules: [ticket_plugin]", 1))
+    result = run_bot(["doctor", "--offline"], tmp_path, BOT_MANIFEST=str(manifest),
+                     PYTHONPATH=os.pathsep.join([str(REPO), str(tmp_path)]))
+    assert "FAIL ticketing ticket tracker not skipped" in result.stdout
+    assert "fix: export TICKETS_TOKEN" in result.stdout
+    assert result.stderr.strip().splitlines() == ["error: 1 check failed: ticketing"] and result.returncode == 2
