@@ -8,6 +8,7 @@ fraction of a second), and `doctor` sends it one tiny request.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -30,6 +31,8 @@ DEFAULT_KEY_VARS = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"
 CONNECT_TIMEOUT_S = 3
 #: Seconds the doctor's one-token request may take (a cold model can be slow to answer).
 PING_TIMEOUT_S = 30
+#: opencode's config syntax for a value read from the environment: `"apiKey": "{env:MY_KEY}"`.
+ENV_REFERENCE = re.compile(r"\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 #: anthropic-version header of the Messages API.
 ANTHROPIC_VERSION = "2023-06-01"
 
@@ -79,8 +82,13 @@ def resolve_endpoint(model: str | None, config: dict[str, Any], env: dict[str, s
     else:
         api = None
     base_url = options.get("baseURL") or (DEFAULT_BASE_URLS.get(provider_name) if not package else None)
-    key = options.get("apiKey") or env.get(DEFAULT_KEY_VARS.get(provider_name, ""), "")
+    key = _substitute_env(str(options.get("apiKey") or ""), env) or env.get(DEFAULT_KEY_VARS.get(provider_name, ""), "")
     return ModelEndpoint(name, api, str(base_url).rstrip("/") if base_url else None, str(key) or None)
+
+
+def _substitute_env(value: str, env: dict[str, str]) -> str:
+    """Return the value with opencode's `{env:NAME}` references replaced from `env`."""
+    return ENV_REFERENCE.sub(lambda match: env.get(match.group(1), ""), value)
 
 
 def connection_problem(endpoint: ModelEndpoint, timeout: float = CONNECT_TIMEOUT_S) -> str | None:

@@ -127,3 +127,17 @@ def test_a_run_whose_model_cannot_be_reached_fails_at_once_with_the_reason(tmp_p
         assert b"connection refused" in log.data  # the attached log says why, not only what was asked
     finally:
         engine.close()
+
+
+def test_the_readme_openai_compatible_config_resolves_its_key_from_the_passed_environment() -> None:
+    from plugins.agents.opencode_model import resolve_endpoint
+
+    readme = (REPO / "README.md").read_text()
+    example = readme.split("```json\n", 1)[1].split("```", 1)[0]  # the first JSON block: the agent's config
+    config = json.loads(example)
+    endpoint = resolve_endpoint(None, config, {"LOCAL_MODEL_KEY": "k-123"})
+    assert endpoint is not None and endpoint.api == "openai" and endpoint.api_key == "k-123"
+    assert endpoint.base_url == "http://127.0.0.1:8000/v1" and endpoint.model_id == "qwen3-coder"
+    anthropic = resolve_endpoint("anthropic/claude-sonnet-4-6", {}, {"ANTHROPIC_API_KEY": "sk-ant-x"})
+    assert anthropic == type(anthropic)("anthropic/claude-sonnet-4-6", "anthropic", "https://api.anthropic.com/v1",
+                                        "sk-ant-x")
