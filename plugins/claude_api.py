@@ -5,16 +5,21 @@ The API key and base URL come from the engine's settings (the environment read a
 `ANTHROPIC_BASE_URL` points the SDK at a proxy or a test server. Retries are the SDK's: it
 retries 408, 409, 429 and 5xx (529 overloaded included) with exponential backoff, honouring
 `retry-after`; the callers choose how many and the timeout.
+
+The SDK is imported when the first client is built, not with this module: it is the bot's
+heaviest import, and most starts (`chat` before a question, `route`, `doctor`, a bot with no
+API key) never need it. tests/core/test_startup.py keeps it so.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any
-
-import anthropic
+from typing import TYPE_CHECKING, Any
 
 from bot.engine import Engine
+
+if TYPE_CHECKING:
+    import anthropic
 
 _clients: dict[tuple[str, str | None, float, int], anthropic.Anthropic] = {}
 _clients_lock = threading.Lock()
@@ -30,6 +35,8 @@ def client_for(engine: Engine, *, timeout: float, max_retries: int) -> anthropic
     with _clients_lock:
         client = _clients.get(cache_key)
         if client is None:
+            import anthropic
+
             # An explicit key keeps the SDK from reading other credentials (profiles, tokens).
             client = anthropic.Anthropic(api_key=key, base_url=base_url, timeout=timeout, max_retries=max_retries)
             _clients[cache_key] = client
@@ -38,6 +45,8 @@ def client_for(engine: Engine, *, timeout: float, max_retries: int) -> anthropic
 
 def failure_reason(exc: BaseException) -> str:
     """Return a few plain words for why a call to the API failed ("overloaded", "timed out")."""
+    import anthropic
+
     if isinstance(exc, anthropic.APITimeoutError):
         return "it timed out"
     if isinstance(exc, anthropic.APIConnectionError):
@@ -56,11 +65,15 @@ def failure_reason(exc: BaseException) -> str:
 
 def refused_key(exc: BaseException) -> bool:
     """Return whether the API refused the bot's credentials (retrying will not help)."""
+    import anthropic
+
     return isinstance(exc, (anthropic.AuthenticationError, anthropic.PermissionDeniedError))
 
 
 def rejected_request(exc: BaseException) -> bool:
     """Return whether the API rejected the request itself (a bad model name, a too large prompt)."""
+    import anthropic
+
     return isinstance(exc, anthropic.APIStatusError) and exc.status_code in (400, 404, 413, 422)
 
 

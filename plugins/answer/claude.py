@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import logging
 
-import anthropic
-
 from bot import constants
 from bot.engine import Engine
 from bot.hookspecs import hookimpl
@@ -58,6 +56,8 @@ def answer_message(message: Message, conversation: Conversation, memories: list[
     client = claude_api.client_for(engine, timeout=llm.timeout_seconds, max_retries=llm.max_retries)
     if client is None:
         return None
+    import anthropic  # loaded by client_for already; named here for its exception types
+
     system, turns = build_prompt(engine, message, memories)
     first_id = engine.say(conversation, Reply(WRITING_MARK, partial=True))
     live = LiveMessage.in_thread(engine, conversation, message_id=first_id, reply_to=reply_to,

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import logging
 
-import anthropic
-
 from bot.engine import Engine
 from bot.hookspecs import hookimpl
 from bot.types import Conversation, Message, Route, RouteDecision
@@ -83,6 +81,8 @@ def classify_message(message: Message, conversation: Conversation, tentative: Ro
     client = claude_api.client_for(engine, timeout=router.timeout_seconds, max_retries=router.max_retries)
     if client is None:
         return None
+    import anthropic  # loaded by client_for already; named here for its exception types
+
     prompt = engine.redact(_prompt(engine, message, conversation))
     try:
         response = client.messages.create(
