@@ -28,6 +28,7 @@ from bot.plugins import make_plugin_manager
 from bot.queue import InProcessQueue, JobQueue, RedisQueue
 from bot.redaction import Redactor
 from bot.types import (
+    Agent,
     Attachment,
     ChatPort,
     Command,
@@ -91,7 +92,11 @@ class Engine:
         for commands in self.hook.register_commands():
             for command in commands or ():
                 self.commands.setdefault(command.name, command)
-        self.hook.startup(engine=self)
+        self.agents: dict[str, Agent] = {}
+        for agents in self.hook.register_agents():
+            for agent in agents or ():
+                self.agents.setdefault(agent.name, agent)
+        self.hook.startup.call_historic(kwargs={"engine": self})
 
     @classmethod
     def from_settings(
@@ -295,13 +300,14 @@ class Engine:
     def recall(self, message: Message, conversation: Conversation, budget_tokens: int) -> list[MemoryItem]:
         """Return what the memory plugins recall for the message, merged within the budget."""
         items = [item for result in self.hook.recall(message=message, conversation=conversation,
-                                                       budget_tokens=budget_tokens) for item in result or ()]
+                                                       budget_tokens=budget_tokens, engine=self)
+                 for item in result or ()]
         return within_budget(items, budget_tokens)
 
     def remember(self, message: Message, conversation: Conversation, reply: str) -> None:
         """Hand a finished exchange to the memory plugins, redacted like everything stored."""
         clean = replace(message, text=self.redact(message.text))
-        self.hook.remember(message=clean, conversation=conversation, reply=self.redact(reply))
+        self.hook.remember(message=clean, conversation=conversation, reply=self.redact(reply), engine=self)
 
     def plugin_settings(self, name: str) -> dict[str, Any]:
         """Return the manifest's settings for one plugin (empty when it has none)."""

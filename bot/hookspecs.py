@@ -1,22 +1,25 @@
 """The plugin contract: every hook a Threadwork plugin may implement.
 
 Each hookspec's first docstring line says what an implementation returns. Call hooks with
-keyword arguments; an implementation takes only the arguments it needs.
+keyword arguments; an implementation takes only the arguments it needs. Every hook that needs
+state receives `engine` (a `bot.types.EngineAPI`): plugins keep no engine of their own.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pluggy
 
 if TYPE_CHECKING:
     from bot.config import Manifest, Settings
-    from bot.engine import Engine
     from bot.types import (
+        Agent,
         AgentRun,
+        ChatPort,
         Command,
         Conversation,
+        EngineAPI,
         HealthCheck,
         MemoryItem,
         Message,
@@ -29,11 +32,14 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
-@hookspec
-def startup(engine: Engine) -> None:
+@hookspec(historic=True)
+def startup(engine: EngineAPI) -> None:
     """Return nothing; prepare the plugin once the engine, database and queue are ready.
 
-    :param engine: the running engine; plugins may keep it to reach repositories and settings.
+    Historic: a plugin registered after start is called too, with the same engine.
+
+    :param engine: the running engine (settings, database, ports). Do not keep it: every hook
+        that needs it receives it.
     """
 
 
@@ -43,15 +49,15 @@ def register_commands() -> list[Command]:
 
 
 @hookspec
-def register_agents() -> list[Any]:
-    """Return the agents this plugin adds: objects with a `name` and a `run(...)` method.
+def register_agents() -> list[Agent]:
+    """Return the agents this plugin adds (`bot.types.Agent`, where the protocol is described).
 
-    See `workers.agent_run` for the agent protocol.
+    Collected once per engine, into `engine.agents`.
     """
 
 
 @hookspec(firstresult=True)
-def route_message(message: Message, conversation: Conversation, engine: Engine) -> RouteDecision | None:
+def route_message(message: Message, conversation: Conversation, engine: EngineAPI) -> RouteDecision | None:
     """Return a `RouteDecision` for the message from a cheap stage, or None to pass.
 
     Runs inside `dispatch`: implementations are synchronous and must not call a model or the
@@ -65,7 +71,8 @@ def route_message(message: Message, conversation: Conversation, engine: Engine) 
 
 
 @hookspec(firstresult=True)
-def classify_message(message: Message, conversation: Conversation, tentative: RouteDecision) -> RouteDecision | None:
+def classify_message(message: Message, conversation: Conversation, tentative: RouteDecision,
+                     engine: EngineAPI) -> RouteDecision | None:
     """Return a `RouteDecision` from an expensive stage (an LLM), or None to keep `tentative`.
 
     Runs in a worker, only for messages the cheap stages left tentative. Stops at first
@@ -74,12 +81,13 @@ def classify_message(message: Message, conversation: Conversation, tentative: Ro
     :param message: the message to classify.
     :param conversation: its conversation.
     :param tentative: the cheap chain's fallback decision.
+    :param engine: the engine, for the manifest, the thread's history and redaction.
     """
 
 
 @hookspec(firstresult=True)
 def answer_message(
-    message: Message, conversation: Conversation, memories: list[MemoryItem], engine: Engine, reply_to: int
+    message: Message, conversation: Conversation, memories: list[MemoryItem], engine: EngineAPI, reply_to: int
 ) -> str | None:
     """Return the final text of a direct answer, having streamed it into the thread, or None.
 
@@ -97,7 +105,7 @@ def answer_message(
 
 
 @hookspec
-def recall(message: Message, conversation: Conversation, budget_tokens: int) -> list[MemoryItem]:
+def recall(message: Message, conversation: Conversation, budget_tokens: int, engine: EngineAPI) -> list[MemoryItem]:
     """Return what this plugin remembers that matters for the message, within the budget.
 
     All implementations are called; the engine merges their items by score until the budget
@@ -106,30 +114,33 @@ def recall(message: Message, conversation: Conversation, budget_tokens: int) -> 
     :param message: the message being answered.
     :param conversation: its conversation.
     :param budget_tokens: the most tokens this plugin's items may take together.
+    :param engine: the engine, for the thread's history and the database.
     """
 
 
 @hookspec
-def remember(message: Message, conversation: Conversation, reply: str) -> None:
+def remember(message: Message, conversation: Conversation, reply: str, engine: EngineAPI) -> None:
     """Return nothing; store what is worth keeping from an exchange that just ended.
 
     :param message: the user's message.
     :param conversation: its conversation.
     :param reply: the bot's final answer (a direct answer or an agent run's summary).
+    :param engine: the engine, for the database.
     """
 
 
 @hookspec
-def report_progress(run: AgentRun, event: RunEvent) -> None:
+def report_progress(run: AgentRun, event: RunEvent, engine: EngineAPI) -> None:
     """Return nothing; observe one event of an agent run as it is stored.
 
     :param run: the run, as it stands before the event is applied.
-    :param event: the typed event just parsed from the agent's output.
+    :param event: the typed event just parsed from the agent's output (already redacted).
+    :param engine: the engine.
     """
 
 
 @hookspec(firstresult=True)
-def chat_port(platform: str, engine: Engine) -> Any:
+def chat_port(platform: str, engine: EngineAPI) -> ChatPort | None:
     """Return a `ChatPort` that reaches the platform from any process, or None.
 
     Workers use it to post and edit without the adapter's live connection (Slack's Web API,

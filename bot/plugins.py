@@ -54,9 +54,27 @@ def make_plugin_manager(manifest: Manifest, *, load_entrypoints: bool = True, tr
     for name in manifest.plugins.modules:
         if name not in disabled and pm.get_plugin(name) is None:
             pm.register(_import_plugin(name), name=name)
+    unknown = _unknown_hooks(pm)
+    if unknown:
+        raise ConfigError("\n".join(unknown))
+    pm.check_pending()  # whatever the walk above missed still fails here, before start
     if trace:
         _trace_hook_calls(pm)
     return pm
+
+
+def _unknown_hooks(pm: pluggy.PluginManager) -> list[str]:
+    """Return one line per implementation of a hook that does not exist (a misspelling)."""
+    known = sorted(name for name in vars(hookspecs) if hasattr(getattr(hookspecs, name), f"{hookspecs.PROJECT}_spec"))
+    lines = []
+    for name, caller in sorted(vars(pm.hook).items()):
+        if name.startswith("_") or caller.has_spec():
+            continue
+        for impl in caller.get_hookimpls():
+            if not impl.optionalhook:
+                lines.append(f"plugin {impl.plugin_name!r} implements {name!r}, which is not a Threadwork hook "
+                             f"(misspelled?); the hooks are: {', '.join(known)}")
+    return lines
 
 
 def _import_plugin(name: str) -> ModuleType:

@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from bot.engine import Engine
+    from bot.config import Manifest, Settings
+    from bot.db import Database
+    from bot.queue import JobQueue
+    from bot.redaction import Redactor
 
 
 def utcnow() -> datetime:
@@ -241,7 +244,7 @@ class CommandContext:
     message: Message
     conversation: Conversation
     argument: str
-    engine: Engine
+    engine: EngineAPI
     match: re.Match[str] | None = None
 
 
@@ -309,7 +312,25 @@ class AgentOutcome:
 
 
 class Agent(Protocol):
-    """A coding agent a plugin registers through `register_agents`."""
+    """A coding agent a plugin registers through `register_agents`: the agent protocol.
+
+    - `name` is what `agent.name` in manifest.yml selects (and what the run row records).
+    - `run` is called in a worker (an RQ job or a thread of the console bot) and blocks until
+      the agent has finished. It works only in `task.workspace` and keeps its own state under
+      `task.state_dir`; its environment holds nothing of the bot's beyond `task.env`.
+    - `on_event` is called once per event, in order, from the calling thread; the worker
+      redacts, stores and shows each one (a TOOL event is a checklist line, TEXT the latest
+      words, TOKENS the token count, ERROR a note).
+    - When `cancel` is set, the agent and every process it started are ended within seconds
+      and `run` returns `cancelled=True`; past `task.timeout_s` likewise, with `timed_out=True`
+      and an `error`.
+    - The outcome's `session_id` is kept for the conversation's next run; its `final_text`
+      is posted as the answer; a non-empty `error` fails the run and is shown as it is.
+      Expected failures may also raise `bot.errors.UserFacingError`, whose message is shown.
+
+    `plugins.agents.cli_runner` does all of this for an agent that is a program printing one
+    event per line (JSON, say); `plugins.agents.opencode` is built on it.
+    """
 
     name: str
 
@@ -327,3 +348,48 @@ class HealthCheck:
     ok: bool | None
     detail: str
     fix: str = ""
+
+
+@runtime_checkable
+class EngineAPI(Protocol):
+    """What plugins may use of the engine: hooks receive it as `engine` (`bot.engine.Engine`).
+
+    Everything posted through it is redacted and persisted; everything read comes back as the
+    domain types above. A plugin keeps no engine of its own between hook calls.
+    """
+
+    settings: Settings
+    manifest: Manifest
+    db: Database
+    queue: JobQueue
+    redact: Redactor
+    #: The chat commands every plugin registered, by name (collected once, at start).
+    commands: dict[str, Command]
+    #: The coding agents every plugin registered, by name (collected once, at start).
+    agents: dict[str, Agent]
+
+    def say(self, conversation: Conversation, reply: Reply | str, *, reply_to: int | None = None) -> str:
+        """Post a reply into the conversation's thread, store it, and return its message id."""
+        ...
+
+    def edit(self, conversation: Conversation, message_id: str, reply: Reply | str, *, final: bool = False,
+             reply_to: int | None = None) -> None:
+        """Replace a message the bot posted; with `final`, also store the text as the reply."""
+        ...
+
+    def upload(self, conversation: Conversation, attachment: Attachment) -> str:
+        """Upload a file into the thread, redacted, and return the platform's file id."""
+        ...
+
+    def history(self, conversation_id: int, limit: int = ..., before_id: int | None = None, *,
+                without_run_status: bool = False) -> list[HistoryEntry]:
+        """Return the conversation's last messages, oldest first."""
+        ...
+
+    def plugin_settings(self, name: str) -> dict[str, Any]:
+        """Return the manifest's settings for one plugin (empty when it has none)."""
+        ...
+
+    def port_for(self, platform: str) -> ChatPort:
+        """Return the chat port for a platform."""
+        ...

@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
-from bot.engine import Engine
+from bot.types import EngineAPI
 
 if TYPE_CHECKING:
     import anthropic
@@ -25,7 +25,7 @@ _clients: dict[tuple[str, str | None, float, int], anthropic.Anthropic] = {}
 _clients_lock = threading.Lock()
 
 
-def client_for(engine: Engine, *, timeout: float, max_retries: int) -> anthropic.Anthropic | None:
+def client_for(engine: EngineAPI, *, timeout: float, max_retries: int) -> anthropic.Anthropic | None:
     """Return an SDK client for the engine's environment, or None when no API key is set."""
     key = engine.settings.get("ANTHROPIC_API_KEY")
     if not key:

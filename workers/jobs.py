@@ -70,7 +70,7 @@ def _as_decision(route: str, text: str, tentative: bool, stored: dict | None) ->
 def _classify(engine: Engine, message_id: int, message: Message, conversation: Conversation,
               tentative: RouteDecision) -> Route:
     """Ask the LLM stage about an undecided message; store and return its route, or keep the tentative one."""
-    better = engine.hook.classify_message(message=message, conversation=conversation, tentative=tentative)
+    better = engine.hook.classify_message(message=message, conversation=conversation, tentative=tentative, engine=engine)
     if better is None:
         return tentative.route
     with engine.db.session() as session:

@@ -50,7 +50,8 @@ def route_lines(settings: Settings, lines: Iterable[str]) -> Iterator[dict[str, 
                         result["llm"] = f"skipped: {llm_skipped}"
                     else:
                         better = engine.hook.classify_message(message=message, conversation=stored.conversation,
-                                                              tentative=dataclasses.replace(decision, tentative=True))
+                                                              tentative=dataclasses.replace(decision, tentative=True),
+                                                              engine=engine)
                         if better is None:
                             result["llm"] = "failed (see the log): the cheap stages' route stands"
                         else:

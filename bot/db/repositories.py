@@ -28,6 +28,7 @@ from bot.types import (
     AgentRun,
     Conversation,
     HistoryEntry,
+    MemoryItem,
     RouteDecision,
     RunEvent,
     RunState,
@@ -432,12 +433,29 @@ class Memories:
         self.s.flush()
         return row.id
 
-    def for_conversation(self, conversation_id: int, kind: str | None = None, limit: int = 50) -> list[MemoryRow]:
+    def for_conversation(self, conversation_id: int, kind: str | None = None, limit: int = 50) -> list[MemoryItem]:
         """Return the conversation's memories, newest first."""
-        query = select(MemoryRow).where(MemoryRow.conversation_id == conversation_id)
+        query = select(MemoryRow.text, MemoryRow.tokens, MemoryRow.kind).where(MemoryRow.conversation_id == conversation_id)
         if kind:
             query = query.where(MemoryRow.kind == kind)
-        return list(self.s.scalars(query.order_by(MemoryRow.id.desc()).limit(limit)))
+        rows = self.s.execute(query.order_by(MemoryRow.id.desc()).limit(limit)).all()
+        return [MemoryItem(text=text, source=row_kind, tokens=tokens) for text, tokens, row_kind in rows]
+
+    def in_channel(self, where: ThreadRef, *, kind: str, excluding_conversation: int, limit: int) -> list[MemoryItem]:
+        """Return the channel's newest memories of a kind, from its other conversations."""
+        rows = self.s.execute(
+            select(MemoryRow.text, MemoryRow.tokens)
+            .join(ConversationRow, ConversationRow.id == MemoryRow.conversation_id)
+            .where(
+                ConversationRow.platform == where.platform,
+                ConversationRow.channel == where.channel,
+                MemoryRow.conversation_id != excluding_conversation,
+                MemoryRow.kind == kind,
+            )
+            .order_by(MemoryRow.id.desc())
+            .limit(limit)
+        ).all()
+        return [MemoryItem(text=text, source="channel", tokens=tokens) for text, tokens in rows]
 
 
 class ProcessedEvents:

@@ -15,10 +15,9 @@ from __future__ import annotations
 import logging
 
 from bot import constants
-from bot.engine import Engine
 from bot.hookspecs import hookimpl
 from bot.progress import LiveMessage
-from bot.types import Attachment, Conversation, MemoryItem, Message, Reply
+from bot.types import Attachment, Conversation, EngineAPI, MemoryItem, Message, Reply
 from plugins import claude_api
 
 log = logging.getLogger(__name__)
@@ -50,7 +49,7 @@ ATTACHED = "\n\n_(The answer is longer than a chat message: the whole of it is a
 
 
 @hookimpl
-def answer_message(message: Message, conversation: Conversation, memories: list[MemoryItem], engine: Engine,
+def answer_message(message: Message, conversation: Conversation, memories: list[MemoryItem], engine: EngineAPI,
                    reply_to: int) -> str | None:
     llm = engine.manifest.llm
     client = claude_api.client_for(engine, timeout=llm.timeout_seconds, max_retries=llm.max_retries)
@@ -91,7 +90,7 @@ def answer_message(message: Message, conversation: Conversation, memories: list[
     return answer
 
 
-def build_prompt(engine: Engine, message: Message, memories: list[MemoryItem]) -> tuple[str, list[dict]]:
+def build_prompt(engine: EngineAPI, message: Message, memories: list[MemoryItem]) -> tuple[str, list[dict]]:
     """Return the system prompt and the alternating turns: the thread so far, then the message.
 
     Memory items come from the memory plugins, within `llm.context_budget_tokens`: the

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-from bot.engine import Engine
 from bot.hookspecs import hookimpl
 from bot.memory import estimate_tokens
-from bot.types import Conversation, MemoryItem, Message
+from bot.types import Conversation, EngineAPI, MemoryItem, Message
 
-_engine: Engine | None = None
 #: How far back the thread is read; the budget usually stops earlier.
 MAX_MESSAGES = 50
 
 
 @hookimpl
-def startup(engine: Engine) -> None:
-    global _engine
-    _engine = engine
-
-
-@hookimpl
-def recall(message: Message, conversation: Conversation, budget_tokens: int) -> list[MemoryItem]:
-    assert _engine is not None
-    entries = _engine.history(conversation.id, MAX_MESSAGES, without_run_status=True)
+def recall(message: Message, conversation: Conversation, budget_tokens: int, engine: EngineAPI) -> list[MemoryItem]:
+    entries = engine.history(conversation.id, MAX_MESSAGES, without_run_status=True)
     if entries and entries[-1].role == "user" and entries[-1].text == message.text:
         entries = entries[:-1]  # the message being answered is sent on its own
     items: list[MemoryItem] = []

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from bot.engine import Engine
 from bot.hookspecs import hookimpl
-from bot.types import Message, Route, RouteDecision
+from bot.types import EngineAPI, Message, Route, RouteDecision
 
 #: Overrides that force a route, with the rest of the line as the request.
 OVERRIDES = {"agent": Route.AGENT, "ask": Route.DIRECT}
@@ -13,7 +12,7 @@ PREFIXES = ("/", "!")
 
 
 @hookimpl(tryfirst=True)
-def route_message(message: Message, engine: Engine) -> RouteDecision | None:
+def route_message(message: Message, engine: EngineAPI) -> RouteDecision | None:
     text = message.text.strip()
     if text[:1] in PREFIXES and len(text) > 1:
         name, _, argument = text[1:].partition(" ")

@@ -22,9 +22,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from bot.engine import Engine
 from bot.hookspecs import hookimpl
-from bot.types import Conversation, HistoryEntry, Message, Route, RouteDecision
+from bot.types import Conversation, EngineAPI, HistoryEntry, Message, Route, RouteDecision
 
 STAGE = "heuristics"
 #: Confidence of a rule that rarely misfires (a code-only verb, a confirmed proposal).
@@ -224,7 +223,7 @@ class ThreadState:
 
 
 @hookimpl
-def route_message(message: Message, conversation: Conversation, engine: Engine) -> RouteDecision | None:
+def route_message(message: Message, conversation: Conversation, engine: EngineAPI) -> RouteDecision | None:
     text = MENTION.sub("", message.text).strip()
     snippet = CODE_BLOCK.search(text) is not None or INLINE_CODE.search(text) is not None
     prose = CODE_BLOCK.sub(" ", text).strip()
@@ -351,7 +350,7 @@ def _confirmed(message: Message, state: ThreadState) -> RouteDecision:
 class _ThreadReader:
     """Reads the thread's last messages at most once, and only when a rule needs them."""
 
-    def __init__(self, engine: Engine, conversation: Conversation) -> None:
+    def __init__(self, engine: EngineAPI, conversation: Conversation) -> None:
         self._engine = engine
         self._conversation = conversation
         self._state: ThreadState | None = None

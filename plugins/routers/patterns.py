@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import re
 
-from bot.engine import Engine
 from bot.hookspecs import hookimpl
-from bot.types import Message, Route, RouteDecision
+from bot.types import EngineAPI, Message, Route, RouteDecision
 
 #: A line that goes on with a contrast is a report, not small talk: "thanks but it still fails".
 CONTRAST = re.compile(r"\b(?:but|still|though|however|except|although)\b", re.IGNORECASE)
 
 
 @hookimpl
-def route_message(message: Message, engine: Engine) -> RouteDecision | None:
+def route_message(message: Message, engine: EngineAPI) -> RouteDecision | None:
     text = message.text.strip()
     for command in engine.commands.values():
         if command.pattern is not None and command.pattern.search(text):

@@ -10,7 +10,7 @@ from bot.db.repositories import Memories, Messages
 from bot.engine import Engine
 from bot.hookspecs import hookimpl
 from bot.types import Attachment, Message, Reply, Route, RouteDecision, ThreadRef
-from tests.conftest import make_settings
+from tests.conftest import REPO, make_settings, run_bot
 
 WHERE = ThreadRef("test", "C1", "T1")
 
@@ -143,10 +143,10 @@ def test_recall_brings_back_an_exchange_from_another_thread_of_the_channel(engin
     other = Message(where=ThreadRef("test", "C1", "T0"), text="how do we deploy the billing service?",
                     user_id="U2", user_name="bo")
     first = engine.dispatch(other)
-    engine.hook.remember(message=other, conversation=first.conversation, reply="With `make deploy-billing`.")
+    engine.remember(other, first.conversation, "With `make deploy-billing`.")
     asked = engine.dispatch(message("remind me how to deploy billing"))
     per_plugin = engine.hook.recall(message=message("remind me how to deploy billing"),
-                                    conversation=asked.conversation, budget_tokens=500)
+                                    conversation=asked.conversation, budget_tokens=500, engine=engine)
     assert len(per_plugin) == 2  # thread history and channel notes both answered
     items = engine.recall(message("remind me how to deploy billing"), asked.conversation, budget_tokens=500)
     assert any("make deploy-billing" in item.text and item.source == "channel" for item in items)
@@ -155,23 +155,33 @@ def test_recall_brings_back_an_exchange_from_another_thread_of_the_channel(engin
     assert sum(item.tokens for item in tight) <= 10
 
 
-def test_register_agents_and_startup_reach_every_plugin(engine: Engine) -> None:
+def test_agents_are_collected_once_and_startup_reaches_a_plugin_registered_late(engine: Engine) -> None:
+    assert "opencode" in engine.agents  # the built-in agent, collected at start
     seen = SimpleNamespace(started=None)
 
-    class AgentPlugin:
-        @hookimpl
-        def register_agents(self):
-            return [SimpleNamespace(name="echo-agent")]
-
+    class LatePlugin:
         @hookimpl
         def startup(self, engine):
             seen.started = engine
 
-    engine.pm.register(AgentPlugin(), name="agent-plugin")
-    engine.hook.startup(engine=engine)
-    assert seen.started is engine
-    names = [agent.name for agents in engine.hook.register_agents() for agent in agents]
-    assert "echo-agent" in names
+    engine.pm.register(LatePlugin(), name="late-plugin")
+    assert seen.started is engine  # startup is historic: no second call by anyone
+
+
+def test_a_misspelled_hook_stops_the_start_with_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "typo_plugin.py").write_text(
+        "from bot.hookspecs import hookimpl\n\n\n@hookimpl\ndef route_mesage(message):\n    return None\n")
+    manifest = tmp_path / "manifest.yml"
+    manifest.write_text((REPO / "manifest.yml").read_text().replace("  modules: []", "  modules: [typo_plugin]", 1))
+    import os
+
+    for command in (["chat"], ["doctor"]):
+        result = run_bot(command, tmp_path, input="hello\n", BOT_MANIFEST=str(manifest),
+                         PYTHONPATH=os.pathsep.join([str(REPO), str(tmp_path)]))
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(
+            "error: plugin 'typo_plugin' implements 'route_mesage', which is not a Threadwork hook (misspelled?)"), command
+        assert "route_message" in lines[0] and result.returncode == 2
 
 
 def test_report_progress_is_called_for_every_implementation(engine: Engine) -> None:
@@ -181,12 +191,12 @@ def test_report_progress_is_called_for_every_implementation(engine: Engine) -> N
 
     class Observer:
         @hookimpl
-        def report_progress(self, run, event):
+        def report_progress(self, run, event, engine):
             received.append((run.id, event.kind))
 
     engine.pm.register(Observer(), name="observer")
     run = AgentRun(id=7, conversation_id=1, agent="x", prompt="p", state=RunState.RUNNING)
-    engine.hook.report_progress(run=run, event=RunEvent(EventKind.TEXT, text="hi"))
+    engine.hook.report_progress(run=run, event=RunEvent(EventKind.TEXT, text="hi"), engine=engine)
     assert received == [(7, EventKind.TEXT)]
 
 

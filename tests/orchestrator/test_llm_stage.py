@@ -90,10 +90,10 @@ def test_llm_stage_off_or_no_key_skips_the_classifier(make_engine: EngineFactory
     tentative = RouteDecision(Route.DIRECT, "fallback", 0.5, "tentative", tentative=True)
     conversation = engine.dispatch(message("/help")).conversation
     assert engine.hook.classify_message(message=message(AMBIGUOUS), conversation=conversation,
-                                        tentative=tentative) is None
+                                        tentative=tentative, engine=engine) is None
     keyless, _ = make_engine(key=False)
     assert keyless.hook.classify_message(message=message(AMBIGUOUS), conversation=conversation,
-                                         tentative=tentative) is None
+                                         tentative=tentative, engine=keyless) is None
     assert anthropic_server.requests == []
 
 
