@@ -18,13 +18,14 @@ Where the bot answers:
 
 A gateway event that a resumed connection (or Discord) delivers again is claimed once in
 `processed_events`, so it opens no second thread and gets no second answer.
+
+Elsewhere: the registry's descriptor is `adapters.discord_platform`; a worker's REST-only port
+is `adapters.discord_port.rest_port`; the invite URL is `adapters.discord_manifest`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import functools
 import logging
 import re
@@ -35,14 +36,12 @@ from typing import Any, Callable, TypeVar
 
 import aiohttp
 import discord
-import discord.gateway
 import discord.http
-import yarl
 from discord import app_commands
 
 from adapters.discord_format import CONTENT_LIMIT, CancelButton, thread_name
-from adapters.discord_port import PLATFORM, DiscordPort, EventLoopThread, client_options
-from bot.config import DiscordPlatform, Manifest, Settings
+from adapters.discord_manifest import PRIVILEGED_INTENTS, gateway_intents
+from adapters.discord_port import PLATFORM, DiscordPort, EventLoopThread, apply_url_overrides, client_options
 from bot.db.repositories import Conversations, ProcessedEvents
 from bot.engine import SOMETHING_WENT_WRONG, Engine
 from bot.errors import ConfigError
@@ -60,11 +59,6 @@ DISPATCH_THREADS = 8
 READY_TIMEOUT_S = 60.0
 #: Message types people write; joins, pins and "thread created" notices are not requests.
 USER_MESSAGE_TYPES = (discord.MessageType.default, discord.MessageType.reply)
-#: The invite page of Discord's OAuth2 flow.
-INVITE_URL = "https://discord.com/oauth2/authorize?client_id={client_id}&scope={scopes}&permissions={permissions}"
-#: Intents Discord only grants when they are switched on for the application.
-PRIVILEGED_INTENTS = {"message_content": "MESSAGE CONTENT INTENT", "members": "SERVER MEMBERS INTENT",
-                      "presences": "PRESENCE INTENT"}
 
 PRIVILEGED_INTENT_REFUSED = (
     "Discord refused the privileged intents in platforms.discord.intents: enable {names} under "
@@ -75,105 +69,7 @@ TOKEN_REFUSED = ("Discord refused DISCORD_TOKEN (401 Unauthorized): copy the tok
                  "page of the developer portal (Reset Token) and export it")
 
 
-# -- configuration -------------------------------------------------------------------------------
-
-
-def apply_url_overrides(settings: Settings) -> None:
-    """Point discord.py at DISCORD_API_URL and DISCORD_GATEWAY_URL when they are set (process-wide).
-
-    discord.py keeps both in class attributes: `Route.BASE` for REST (with the API version)
-    and `DiscordWebSocket.DEFAULT_GATEWAY`, which a plain Client dials without asking.
-    """
-    api = settings.get("DISCORD_API_URL")
-    if api:
-        api = api.rstrip("/")
-        if not re.search(r"/api/v\d+$", api):
-            api += f"/api/v{discord.http.INTERNAL_API_VERSION}"
-        discord.http.Route.BASE = api
-    gateway = settings.get("DISCORD_GATEWAY_URL")
-    if gateway:
-        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway)
-
-
-def gateway_intents(section: DiscordPlatform) -> discord.Intents:
-    """Return the intents the manifest names; an unknown name is a ConfigError."""
-    intents = discord.Intents.none()
-    for name in section.intents:
-        if name not in discord.Intents.VALID_FLAGS:
-            raise ConfigError(f"manifest.yml: platforms.discord.intents: unknown intent {name!r} "
-                              f"(known: {', '.join(sorted(discord.Intents.VALID_FLAGS))})")
-        setattr(intents, name, True)
-    return intents
-
-
-def bot_permissions(section: DiscordPlatform) -> discord.Permissions:
-    """Return the permissions the manifest names; an unknown name is a ConfigError."""
-    unknown = [name for name in section.permissions if name not in discord.Permissions.VALID_FLAGS]
-    if unknown:
-        raise ConfigError(f"manifest.yml: platforms.discord.permissions: unknown permission {unknown[0]!r} "
-                          "(names as in discord.Permissions, e.g. send_messages_in_threads)")
-    return discord.Permissions(**{name: True for name in section.permissions})
-
-
-def application_id(settings: Settings) -> str:
-    """Return the application id: DISCORD_CLIENT_ID, else the user id encoded in DISCORD_TOKEN."""
-    explicit = settings.get("DISCORD_CLIENT_ID")
-    if explicit:
-        if not explicit.strip().isdigit():
-            raise ConfigError("DISCORD_CLIENT_ID must be the numeric Application ID (General Information page "
-                              "of the developer portal)")
-        return explicit.strip()
-    token = settings.get("DISCORD_TOKEN")
-    if not token:
-        raise ConfigError("set DISCORD_CLIENT_ID (the Application ID on the General Information page of the "
-                          "developer portal) or DISCORD_TOKEN to print the invite URL")
-    first = token.strip().split(".", 1)[0]
-    try:
-        decoded = base64.urlsafe_b64decode(first + "=" * (-len(first) % 4)).decode("ascii")
-    except (binascii.Error, ValueError):
-        decoded = ""
-    if not decoded.isdigit():
-        raise ConfigError("DISCORD_TOKEN does not look like a bot token (its first part is not a user id); "
-                          "set DISCORD_CLIENT_ID")
-    return decoded
-
-
-def render_manifest(manifest: Manifest, settings: Settings) -> str:
-    """Return what `python -m bot manifest discord` prints: intents, permissions, the invite URL."""
-    section = manifest.platforms.discord
-    gateway_intents(section)
-    permissions = bot_permissions(section)
-    client_id = application_id(settings)
-    privileged = [PRIVILEGED_INTENTS[name] for name in section.intents if name in PRIVILEGED_INTENTS]
-    url = INVITE_URL.format(client_id=client_id, scopes="+".join(section.scopes), permissions=permissions.value)
-    lines = [
-        f"{manifest.name} on Discord (application {client_id})",
-        f"Gateway intents: {', '.join(section.intents) or '(none)'}",
-    ]
-    if privileged:
-        lines.append(f"  switch on {', '.join(privileged)} under 'Privileged Gateway Intents' on the Bot page")
-    lines += [
-        f"Bot permissions ({permissions.value}): {', '.join(section.permissions) or '(none)'}",
-        f"Scopes: {' '.join(section.scopes)}",
-        "Invite URL (open it, choose the server, authorize):",
-        url,
-    ]
-    return "\n".join(lines)
-
-
-# -- ports and serving -------------------------------------------------------------------------
-
-
-def rest_port(engine: Engine) -> DiscordPort | None:
-    """Return a port that posts through Discord's REST API alone (a worker), or None without DISCORD_TOKEN."""
-    token = engine.settings.get("DISCORD_TOKEN")
-    if not token:
-        return None
-    apply_url_overrides(engine.settings)
-    loop = EventLoopThread("discord-rest").start()
-    # It never connects to the gateway; `guilds` only keeps discord.py from warning about state.
-    client = discord.Client(intents=discord.Intents(guilds=True), **client_options())
-    return DiscordPort(client, loop, login_token=token)
+# -- serving -------------------------------------------------------------------------
 
 
 def serve(engine: Engine, *, stop: threading.Event | None = None) -> None:

@@ -25,6 +25,7 @@ import concurrent.futures
 import contextvars
 import io
 import logging
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Coroutine
@@ -32,9 +33,14 @@ from typing import Any, TypeVar
 
 import aiohttp
 import discord
+import discord.gateway
+import discord.http
+import yarl
 
 from adapters.discord_format import CONTENT_LIMIT, split_markdown, status_embed, status_view, too_big_notice
 from bot import constants
+from bot.config import Settings
+from bot.engine import Engine
 from bot.errors import RateLimited
 from bot.types import Attachment, Reply, ThreadRef
 
@@ -92,6 +98,23 @@ def client_options() -> dict[str, Any]:
     trace = aiohttp.TraceConfig()
     trace.on_request_end.append(_on_request_end)
     return {"max_ratelimit_timeout": MAX_RATELIMIT_WAIT_S, "http_trace": trace, "allowed_mentions": NO_MENTIONS}
+
+
+def apply_url_overrides(settings: Settings) -> None:
+    """Point discord.py at DISCORD_API_URL and DISCORD_GATEWAY_URL when they are set (process-wide).
+
+    discord.py keeps both in class attributes: `Route.BASE` for REST (with the API version)
+    and `DiscordWebSocket.DEFAULT_GATEWAY`, which a plain Client dials without asking.
+    """
+    api = settings.get("DISCORD_API_URL")
+    if api:
+        api = api.rstrip("/")
+        if not re.search(r"/api/v\d+$", api):
+            api += f"/api/v{discord.http.INTERNAL_API_VERSION}"
+        discord.http.Route.BASE = api
+    gateway = settings.get("DISCORD_GATEWAY_URL")
+    if gateway:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway)
 
 
 class EventLoopThread:
@@ -279,3 +302,15 @@ def _layout(reply: Reply) -> tuple[list[str], discord.File | None]:
     note = f"\n\n*{len(text):,} characters in all: the whole answer is attached as {LONG_REPLY_FILENAME}.*"
     head = split_markdown(text, CONTENT_LIMIT - len(note))[0] + note
     return [head], discord.File(io.BytesIO(text.encode("utf-8")), filename=LONG_REPLY_FILENAME)
+
+
+def rest_port(engine: Engine) -> DiscordPort | None:
+    """Return a port that posts through Discord's REST API alone (a worker), or None without DISCORD_TOKEN."""
+    token = engine.settings.get("DISCORD_TOKEN")
+    if not token:
+        return None
+    apply_url_overrides(engine.settings)
+    loop = EventLoopThread("discord-rest").start()
+    # It never connects to the gateway; `guilds` only keeps discord.py from warning about state.
+    client = discord.Client(intents=discord.Intents(guilds=True), **client_options())
+    return DiscordPort(client, loop, login_token=token)

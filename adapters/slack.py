@@ -8,7 +8,8 @@ Bolt acknowledges Events API envelopes before a listener runs (`process_before_r
 off), and the slash-command and button listeners call `ack()` first, so the 3-second budget
 never waits on the database or the Web API. Slack re-delivers an event it thinks was lost, so
 each event id is claimed in `processed_events` before it is dispatched: a re-delivery does
-nothing. A worker anywhere needs only `SLACK_BOT_TOKEN` to post and edit (`web_api_port`).
+nothing. A worker anywhere needs only `SLACK_BOT_TOKEN` to post and edit
+(`adapters.slack_port.web_api_port`); the registry knows Slack from `adapters.slack_platform`.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -30,34 +29,21 @@ from slack_bolt.adapter.socket_mode import SocketModeHandler
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
-from slack_sdk.web import SlackResponse
 from sqlalchemy import text as sql
 
-from adapters.slack_format import (
-    CANCEL_ACTION_ID,
-    escape,
-    fit,
-    from_slack,
-    status_blocks,
-    to_mrkdwn,
-)
-from adapters.slack_manifest import EVENTS_PATH, render_manifest
-from bot import constants
-from bot.config import missing_credentials
+from adapters.slack_format import CANCEL_ACTION_ID, escape, fit, from_slack
+from adapters.slack_manifest import EVENTS_PATH
+from adapters.slack_port import PLATFORM, SlackPort, api_url, error_code, rate_limits, web_client
+from bot import constants, platforms
 from bot.db.repositories import Conversations, ProcessedEvents
 from bot.engine import Engine
 from bot.errors import ConfigError, RateLimited
-from bot.types import Attachment, Message, Reply, ThreadRef
+from bot.types import Message, ThreadRef
 
-__all__ = ["PLATFORM", "SlackAdapter", "SlackPort", "render_manifest", "serve", "web_api_port"]
+__all__ = ["PLATFORM", "SlackAdapter", "SlackPort", "build_adapter", "serve"]
 
 log = logging.getLogger(__name__)
-PLATFORM = "slack"
 
-#: Slack's Web API, unless SLACK_API_URL points the client elsewhere (slack_sdk's default).
-DEFAULT_API_URL = "https://slack.com/api/"
-#: Seconds a Web API request may take before it counts as failed (slack_sdk defaults to 30).
-WEB_API_TIMEOUT_S = 30
 #: Where HTTP mode answers load balancers and uptime checks.
 HEALTH_PATH = "/healthz"
 #: Threads running listeners after the ack (Bolt's default pool has 5); each is brief.
@@ -71,86 +57,6 @@ SPOKEN_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})
 SLASH_COMMANDS = ("/agent", "/ask", "/threadwork")
 #: Display names are looked up once per user (users.info) and kept this many at most.
 USER_NAME_CACHE = 2_000
-
-
-
-def api_url(settings: Any) -> str:
-    """Return the Web API base URL: SLACK_API_URL (with its trailing slash) or Slack's."""
-    url = settings.get("SLACK_API_URL") or DEFAULT_API_URL
-    return url if url.endswith("/") else url + "/"
-
-
-def web_client(settings: Any) -> WebClient:
-    """Return a Web API client with the bot token, at SLACK_API_URL; it retries no 429 by itself."""
-    return WebClient(token=settings.get("SLACK_BOT_TOKEN"), base_url=api_url(settings), timeout=WEB_API_TIMEOUT_S)
-
-
-@contextmanager
-def _rate_limits() -> Iterator[None]:
-    """Turn Slack's 429 into `RateLimited`, so the caller (LiveMessage) waits without blocking others."""
-    try:
-        yield
-    except SlackApiError as exc:
-        if exc.response is not None and exc.response.status_code == 429:
-            raise RateLimited(_retry_after(exc.response), "Slack rate limit") from None
-        raise
-
-
-def _retry_after(response: SlackResponse) -> float:
-    headers = {key.lower(): value for key, value in (response.headers or {}).items()}
-    value = headers.get("retry-after")
-    if isinstance(value, list):
-        value = value[0] if value else None
-    try:
-        return max(float(value), 0.0) if value is not None else 1.0
-    except ValueError:
-        return 1.0
-
-
-def _error_code(exc: SlackApiError) -> str:
-    return str((exc.response or {}).get("error", "")) if exc.response is not None else ""
-
-
-class SlackPort:
-    """The engine's `ChatPort` for Slack: mrkdwn posts and edits in threads, files into threads."""
-
-    platform = PLATFORM
-
-    def __init__(self, client: WebClient) -> None:
-        self.client = client
-
-    def post(self, where: ThreadRef, reply: Reply) -> str:
-        with _rate_limits():
-            response = self.client.chat_postMessage(channel=where.channel, thread_ts=where.thread or None,
-                                                    unfurl_links=False, **_content(reply, constants.SLACK_TEXT_LIMIT))
-        return str(response["ts"])
-
-    def edit(self, where: ThreadRef, message_id: str, reply: Reply) -> None:
-        with _rate_limits():
-            try:
-                self.client.chat_update(channel=where.channel, ts=message_id,
-                                        **_content(reply, constants.SLACK_TEXT_LIMIT))
-            except SlackApiError as exc:
-                if _error_code(exc) != "msg_too_long":
-                    raise
-                # Slack refuses long edits well below its 40k cap: show the safe part.
-                self.client.chat_update(channel=where.channel, ts=message_id,
-                                        **_content(reply, constants.SLACK_EDIT_SAFE_LIMIT))
-
-    def upload(self, where: ThreadRef, attachment: Attachment) -> str:
-        with _rate_limits():
-            response = self.client.files_upload_v2(
-                channel=where.channel, thread_ts=where.thread or None, content=attachment.data,
-                filename=attachment.filename, title=attachment.title or attachment.filename,
-                initial_comment=to_mrkdwn(attachment.comment) if attachment.comment else None)
-        return str(response["file"]["id"])
-
-
-def _content(reply: Reply, limit: int) -> dict[str, Any]:
-    """Return the text and blocks of a post or edit; blocks are always sent, so an edit replaces them."""
-    if reply.status is None:  # an empty text (an answer about to stream in) shows that something comes
-        return {"text": fit(to_mrkdwn(reply.text), limit) or "…", "blocks": []}
-    return {"text": fit(to_mrkdwn(reply.text), constants.STATUS_TEXT_LIMIT), "blocks": status_blocks(reply.status)}
 
 
 class SlackAdapter:
@@ -247,7 +153,7 @@ class SlackAdapter:
             respond(text="Slack is asking me to slow down; please try again in a minute.", response_type="ephemeral")
             return
         except SlackApiError as exc:
-            log.warning("slash command %s: cannot post in %s (%s)", name, channel, _error_code(exc))
+            log.warning("slash command %s: cannot post in %s (%s)", name, channel, error_code(exc))
             respond(text=f"I can't post in this conversation. Invite me first (`/invite @{self.engine.manifest.name}`),"
                          " or talk to me in a direct message.", response_type="ephemeral")
             return
@@ -317,7 +223,7 @@ class SlackAdapter:
         deadline = time.monotonic() + THREAD_STARTER_DEADLINE_S
         while True:
             try:
-                with _rate_limits():
+                with rate_limits():
                     return str(self.client.chat_postMessage(channel=channel, text=fit(text, constants.SLACK_EDIT_SAFE_LIMIT),
                                                             unfurl_links=False)["ts"])
             except RateLimited as exc:
@@ -331,7 +237,7 @@ class SlackAdapter:
             if user_id in self._names:
                 return self._names[user_id]
         try:
-            with _rate_limits():
+            with rate_limits():
                 user = self.client.users_info(user=user_id)["user"]
         except (SlackApiError, RateLimited) as exc:
             log.info("users.info %s: %s", user_id, exc)
@@ -359,24 +265,17 @@ class _QuietHandler(WSGIRequestHandler):
 # -- what the rest of the bot calls ---------------------------------------------------------------
 
 
-def web_api_port(engine: Engine) -> SlackPort | None:
-    """Return a port that posts and edits through the Web API alone (for workers), or None without a token."""
-    if not engine.settings.get("SLACK_BOT_TOKEN"):
-        return None
-    return SlackPort(web_client(engine.settings))
-
-
 def build_adapter(engine: Engine) -> SlackAdapter:
     """Return the adapter the manifest and environment describe, its bot token checked with Slack."""
     settings, slack = engine.settings, engine.manifest.platforms.slack
-    missing = missing_credentials(PLATFORM, engine.manifest, settings)
+    missing = platforms.missing_credentials(engine.manifest, PLATFORM, settings)
     if missing:
         raise ConfigError(f"Slack ({slack.mode} mode) needs {', '.join(missing)}; see the README, Slack")
     client = web_client(settings)
     try:
         client.auth_test()  # Bolt checks the token too, but its error does not say why
     except SlackApiError as exc:
-        raise ConfigError(f"Slack refused SLACK_BOT_TOKEN ({_error_code(exc)}): use the app's Bot User OAuth Token "
+        raise ConfigError(f"Slack refused SLACK_BOT_TOKEN ({error_code(exc)}): use the app's Bot User OAuth Token "
                           "(xoxb-) from its Install App page") from None
     except OSError as exc:
         raise ConfigError(f"cannot reach Slack's Web API at {api_url(settings)}: {exc}") from None
@@ -409,7 +308,7 @@ def serve(engine: Engine, stop: threading.Event | None = None) -> None:
         (stop or threading.Event()).wait()
     except SlackApiError as exc:  # apps.connections.open refused the app-level token
         log.error("slack: Slack refused SLACK_APP_TOKEN (%s): generate an app-level token (xapp-) with the "
-                  "connections:write scope under Basic Information, App-Level Tokens", _error_code(exc))
+                  "connections:write scope under Basic Information, App-Level Tokens", error_code(exc))
     except OSError as exc:
         log.error("slack: cannot start (%s): check SLACK_API_URL, or that port %s is free (platforms.slack.http_port)",
                   exc, slack.http_port)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import logging
 import sys
@@ -12,7 +11,8 @@ from typing import Any
 
 import click
 
-from bot.config import Settings, load_manifest, missing_credentials
+from bot import platforms
+from bot.config import Settings, load_manifest
 from bot.errors import UserFacingError
 from bot.logs import setup_logging
 from bot.queue import resolve
@@ -20,10 +20,10 @@ from bot.redaction import Redactor
 
 log = logging.getLogger("bot.cli")
 
-#: Platform adapters `bot run` can start, by module. Like the built-in plugins, everything the
-#: commands start outside bot/ is named by dotted path and loaded when used: the core imports no
-#: adapter, plugin or worker module (tests/core/test_architecture.py keeps it so).
-PLATFORM_ADAPTERS: dict[str, str] = {"slack": "adapters.slack", "discord": "adapters.discord"}
+#: Like the built-in plugins, everything the commands start outside bot/ is named by dotted path
+#: and loaded when used: the core imports no adapter, plugin or worker module
+#: (tests/core/test_architecture.py keeps it so). Platforms (`run`, `manifest`) come from the
+#: registry, `bot.platforms`.
 CONSOLE_CHAT = "adapters.console.ConsoleChat"
 RUN_WORKER = "workers.worker.run_worker"
 REAPER = "workers.reaper.Reaper"
@@ -97,8 +97,9 @@ def run() -> None:
 
     settings = _settings()
     manifest = load_manifest(settings.manifest_path)
-    enabled = [p for p in PLATFORM_ADAPTERS if getattr(manifest.platforms, p).enabled]
-    lacking = {p: missing_credentials(p, manifest, settings) for p in enabled}
+    setup_logging(Redactor(settings.secret_values))  # now with the secrets of the platforms plugins add
+    enabled = [platform.name for platform in platforms.enabled(manifest)]
+    lacking = {p: platforms.missing_credentials(manifest, p, settings) for p in enabled}
     ready = [p for p in enabled if not lacking[p]]
     if not ready:
         problems = [f"{platform}: set {', '.join(lacking[platform])}" for platform in enabled]
@@ -117,7 +118,8 @@ def run() -> None:
                    err=True)
     reaper = _in_process_reaper(engine)
     try:
-        _run_adapters(engine, [importlib.import_module(PLATFORM_ADAPTERS[p]) for p in ready])
+        registry = platforms.registered(engine.manifest)
+        _run_adapters(engine, [registry[p].serve for p in ready if registry[p].serve])
     finally:
         if reaper:
             reaper.stop()
@@ -131,11 +133,12 @@ def _in_process_reaper(engine: Any) -> Any:
     return resolve(REAPER)(engine).start()
 
 
-def _run_adapters(engine: Any, modules: list[Any]) -> None:
+def _run_adapters(engine: Any, serves: list[str]) -> None:
+    """Run each platform's `serve` (by dotted path) in its own thread; exit 1 once all have returned."""
     import threading
 
-    threads = [threading.Thread(target=module.serve, args=(engine,), name=module.__name__, daemon=True)
-               for module in modules]
+    threads = [threading.Thread(target=platforms.resolve(path), args=(engine,), name=path.rpartition(".")[0],
+                                daemon=True) for path in serves]
     for thread in threads:
         thread.start()
         click.echo(f"{thread.name}: started", err=True)
@@ -202,13 +205,17 @@ def route() -> None:
 
 
 @main.command()
-@click.argument("platform", type=click.Choice(sorted(PLATFORM_ADAPTERS)))
+@click.argument("platform")
 @_clean_errors
 def manifest(platform: str) -> None:
     """Print the platform's app manifest (Slack) or invite URL (Discord) from manifest.yml."""
     settings = _settings()
-    module = importlib.import_module(PLATFORM_ADAPTERS[platform])
-    click.echo(module.render_manifest(load_manifest(settings.manifest_path), settings))
+    loaded = load_manifest(settings.manifest_path)
+    printers = {p.name: p.manifest for p in platforms.registered(loaded).values() if p.manifest}
+    if platform not in printers:
+        raise UserFacingError(f"no platform {platform!r} has a manifest to print; choose one of: "
+                              f"{', '.join(sorted(printers))}")
+    click.echo(platforms.resolve(printers[platform])(loaded, settings))
 
 
 if __name__ == "__main__":  # pragma: no cover

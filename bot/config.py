@@ -2,30 +2,39 @@
 
 The manifest is validated at start; a bad one raises `ConfigError` with one line per problem,
 each naming the key and what is wrong. Secrets never live in the manifest: `Settings.from_env` reads them, and
-`Settings.secret_values` lists them for the redaction step.
+`Settings.secret_values` lists them for the redaction step. The `platforms:` sections are
+checked against the platform registry (`bot.platforms`), which `load_manifest` collects from
+the manifest's plugins first.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import platformdirs
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    model_validator,
+)
 
 from bot import constants
 from bot.errors import ConfigError
 
-#: Environment variables whose values are secrets: redacted everywhere, never passed to agents.
+#: The core's own secrets: redacted everywhere. Each platform's come from its descriptor
+#: (`bot.platforms.secret_env_vars`); `Settings.secret_values` reads both.
 SECRET_ENV_VARS = (
     "ANTHROPIC_API_KEY",
-    "SLACK_BOT_TOKEN",
-    "SLACK_APP_TOKEN",
-    "SLACK_SIGNING_SECRET",
-    "DISCORD_TOKEN",
     "DATABASE_URL",
     "REDIS_URL",
 )
@@ -35,41 +44,44 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ConsolePlatform(_Section):
-    enabled: bool = True
+class Platforms(BaseModel):
+    """The `platforms:` section: one validated section per registered platform (`bot.platforms`).
+
+    Each key is checked against the model its platform's descriptor names; a key no platform
+    registered is an unknown key. `load_manifest` passes the registry it collected from the
+    manifest's plugins; a manifest validated without one knows the built-in platforms.
+    Sections are attributes: `manifest.platforms.slack.mode`.
+    """
+
+    # Sections land in the model's extras, already validated by the registry's models.
+    model_config = ConfigDict(extra="allow")
+    _registry: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _validate_sections(cls, data: Any, handler: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, cls):
+            return data
+        from bot import platforms as registry_module
+
+        registry = (info.context or {}).get(registry_module.CONTEXT_KEY) or registry_module.builtin()
+        sections = _sections_model(tuple((name, platform.settings) for name, platform in registry.items()))
+        validated = sections.model_validate({} if data is None else data, context=info.context)
+        platforms = handler({name: getattr(validated, name) for name in registry})
+        platforms._registry = dict(registry)
+        return platforms
+
+    @property
+    def registry(self) -> dict[str, Any]:
+        """Return the platforms (`bot.platforms.Platform`) these sections were validated against."""
+        return self._registry
 
 
-class SlackPlatform(_Section):
-    enabled: bool = True
-    #: "socket" needs SLACK_APP_TOKEN and no public URL; "http" needs SLACK_SIGNING_SECRET.
-    mode: Literal["socket", "http"] = "socket"
-    #: HTTP mode: where the bot listens for Slack's signed requests (/slack/events, /healthz).
-    http_host: str = "0.0.0.0"
-    http_port: int = Field(default=3000, ge=1, le=65535)
-    #: The Slack app manifest (Slack's format), laid over the adapter's defaults and printed by
-    #: `python -m bot manifest slack`.
-    app: dict[str, Any] = Field(default_factory=dict)
-
-
-class DiscordPlatform(_Section):
-    enabled: bool = True
-    #: Gateway intents, named as in discord.py's `Intents`; message_content is privileged
-    #: (switched on in the developer portal) and lets the bot read thread replies that do not
-    #: mention it.
-    intents: list[str] = Field(default_factory=lambda: ["guilds", "guild_messages", "dm_messages", "message_content"])
-    #: Bot permissions the invite URL asks for, named as in discord.py's `Permissions`.
-    permissions: list[str] = Field(default_factory=lambda: [
-        "view_channel", "send_messages", "send_messages_in_threads", "create_public_threads",
-        "read_message_history", "embed_links", "attach_files", "use_application_commands",
-    ])
-    #: OAuth2 scopes of the invite: the bot user and its slash commands.
-    scopes: list[str] = Field(default_factory=lambda: ["bot", "applications.commands"])
-
-
-class Platforms(_Section):
-    console: ConsolePlatform = Field(default_factory=ConsolePlatform)
-    slack: SlackPlatform = Field(default_factory=SlackPlatform)
-    discord: DiscordPlatform = Field(default_factory=DiscordPlatform)
+@functools.lru_cache(maxsize=32)
+def _sections_model(fields: tuple[tuple[str, type[BaseModel]], ...]) -> type[BaseModel]:
+    """Return a strict model with one field per platform, defaulting to the platform's defaults."""
+    return create_model("PlatformSections", __config__=ConfigDict(extra="forbid"),
+                        **{name: (model, Field(default_factory=model)) for name, model in fields})
 
 
 class PluginsSection(_Section):
@@ -161,7 +173,7 @@ class Manifest(_Section):
 def load_manifest(path: Path | None) -> Manifest:
     """Return the validated manifest at `path`, or the built-in defaults when it is None."""
     if path is None:
-        return Manifest()
+        return _validated({}, "built-in defaults")
     name = path.name
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -176,10 +188,21 @@ def load_manifest(path: Path | None) -> Manifest:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{name}: the top level must be a mapping of keys, not {type(raw).__name__}")
+    return _validated(raw, name)
+
+
+def _validated(raw: dict[str, Any], name: str) -> Manifest:
+    """Return the manifest validated against the platforms its plugins register; raise every problem."""
+    from bot import platforms
+
+    registry, problems = platforms.for_raw_manifest(raw)
     try:
-        return Manifest.model_validate(raw)
+        manifest = Manifest.model_validate(raw, context={platforms.CONTEXT_KEY: registry})
     except ValidationError as exc:
-        raise ConfigError("\n".join(f"{name}: {problem}" for problem in _problems(exc))) from None
+        problems += _problems(exc)
+    if problems:
+        raise ConfigError("\n".join(f"{name}: {problem}" for problem in problems)) from None
+    return manifest
 
 
 def _problems(exc: ValidationError) -> list[str]:
@@ -231,8 +254,10 @@ class Settings:
 
     @property
     def secret_values(self) -> list[str]:
-        """Return the values of every secret in the environment, for redaction."""
-        values = [self.env.get(name, "") for name in SECRET_ENV_VARS]
+        """Return the values of every secret in the environment (the core's and the platforms'), for redaction."""
+        from bot.platforms import secret_env_vars
+
+        values = [self.env.get(name, "") for name in (*SECRET_ENV_VARS, *secret_env_vars())]
         return [value for value in values if len(value) >= 6]
 
 
@@ -258,10 +283,6 @@ def resolve_agent_binary(manifest: Manifest, settings: Settings) -> Path | None:
 
 def missing_credentials(platform: str, manifest: Manifest, settings: Settings) -> list[str]:
     """Return the environment variables the platform's adapter needs and does not have."""
-    if platform == "slack":
-        needed = ["SLACK_BOT_TOKEN", "SLACK_APP_TOKEN" if manifest.platforms.slack.mode == "socket" else "SLACK_SIGNING_SECRET"]
-    elif platform == "discord":
-        needed = ["DISCORD_TOKEN"]
-    else:
-        needed = []
-    return [name for name in needed if not settings.get(name)]
+    from bot import platforms
+
+    return platforms.missing_credentials(manifest, platform, settings)

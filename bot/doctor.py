@@ -3,7 +3,7 @@ each plugin adds its own lines (the agent: its binary and its model) through `ch
 
 from __future__ import annotations
 
-from bot.config import Manifest, Settings, load_manifest, missing_credentials
+from bot.config import Manifest, Settings, load_manifest
 from bot.db import Database, safe_url
 from bot.errors import ConfigError, DatabaseUnavailable
 from bot.plugins import make_plugin_manager
@@ -28,18 +28,11 @@ def run_checks(settings: Settings, *, offline: bool = False) -> list[HealthCheck
 
 
 def _platform_checks(manifest: Manifest, settings: Settings) -> list[HealthCheck]:
-    checks = []
-    platforms = manifest.platforms
-    if platforms.slack.enabled:
-        missing = missing_credentials("slack", manifest, settings)
-        checks.append(HealthCheck("slack", None if missing else True,
-                            f"missing {', '.join(missing)}" if missing else f"credentials present ({platforms.slack.mode} mode)",
-                            "create the app from `python -m bot manifest slack` and export the tokens" if missing else ""))
-    if platforms.discord.enabled:
-        present = not missing_credentials("discord", manifest, settings)
-        checks.append(HealthCheck("discord", True if present else None,
-                            "DISCORD_TOKEN present" if present else "missing DISCORD_TOKEN",
-                            "" if present else "create a Discord application and export DISCORD_TOKEN"))
+    """Return one credentials line per platform `run` would start (from the registry), then the LLM's."""
+    from bot import platforms
+
+    checks = [platform.credential_check(platforms.section(manifest, platform.name), settings)
+              for platform in platforms.enabled(manifest)]
     has_key = bool(settings.get("ANTHROPIC_API_KEY"))
     checks.append(HealthCheck("llm", True if has_key else None,
                         "ANTHROPIC_API_KEY present" if has_key else "no ANTHROPIC_API_KEY: direct answers are off",

@@ -13,6 +13,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from bot.config import Manifest, Settings
+    from bot.platforms import Platform
     from bot.types import (
         Agent,
         AgentRun,
@@ -161,4 +162,15 @@ def check_health(manifest: Manifest, settings: Settings, offline: bool) -> list[
     :param manifest: the validated manifest.
     :param settings: the environment as read at start.
     :param offline: True when the person asked not to call anything over the network.
+    """
+
+
+@hookspec
+def register_platforms() -> list[Platform]:
+    """Return the chat platforms this plugin adds (`bot.platforms.Platform` descriptors).
+
+    Collected when the manifest is loaded, before it is validated: each descriptor's settings
+    model validates its `platforms.<name>` section, and `run`, `doctor`, the worker ports and
+    `python -m bot manifest` read the descriptor. A descriptor named like a built-in replaces
+    it (the built-ins are `trylast`). Importing the module must not import a platform SDK.
     """

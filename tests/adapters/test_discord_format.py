@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from adapters.discord import apply_url_overrides, render_manifest
 from adapters.discord_format import split_markdown, status_embed, thread_name
+from adapters.discord_manifest import render_manifest
+from adapters.discord_port import apply_url_overrides
 from bot.config import Manifest, Settings
 from bot.errors import ConfigError
 from bot.types import RunState, RunStatus

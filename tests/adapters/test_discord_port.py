@@ -1,7 +1,7 @@
 """A worker posting into Discord through the REST API alone: status embeds, edits, files, rate limits.
 
 The port comes from the engine as a worker gets it (`engine.port_for("discord")`, the
-`chat_port` hook, `adapters.discord:rest_port`), and talks to the fake Discord on 127.0.0.1
+`chat_port` hook, `adapters.discord_port.rest_port`), and talks to the fake Discord on 127.0.0.1
 with no gateway connection at all.
 """
 
@@ -70,7 +70,7 @@ def fields(embed: dict) -> dict[str, str]:
 
 
 def test_without_a_token_there_is_no_discord_port(tmp_path: Path) -> None:
-    from adapters.discord import rest_port
+    from adapters.discord_port import rest_port
 
     engine = Engine.from_settings(make_settings(tmp_path), queue=InProcessQueue(), load_entrypoints=False)
     try:

@@ -257,7 +257,7 @@ def thread_starters(server: FakeSlackServer, count: int) -> list[Any]:
 def test_slash_commands_start_a_thread_and_are_answered_in_it(slack: SlackAdapter,
                                                               slack_server: FakeSlackServer) -> None:
     cases = [("/threadwork", "help", "Commands"), ("/threadwork", "", "Commands"), ("/threadwork", "hello", "Hi alice!"),
-             ("/agent", "", "Commands"), ("/ask", "what is the build command?", "ANTHROPIC_API_KEY")]
+             ("/agent", "", "Usage: `/agent"), ("/ask", "what is the build command?", "ANTHROPIC_API_KEY")]
     for n, (command, text, expected) in enumerate(cases, start=1):
         envelope = slack_server.send_slash_command(command, text, channel=CHANNEL)
         assert slack_server.wait_for_ack(envelope) < ACK_WITHIN_S

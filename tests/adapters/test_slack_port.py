@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from adapters.slack import SlackPort, web_api_port
 from adapters.slack_format import CANCEL_ACTION_ID, fit, from_slack, to_mrkdwn
+from adapters.slack_port import SlackPort, web_api_port
 from bot.constants import SLACK_EDIT_SAFE_LIMIT
 from bot.engine import Engine
 from bot.errors import RateLimited

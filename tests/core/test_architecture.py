@@ -30,12 +30,12 @@ def test_the_core_imports_no_adapter_plugin_worker_or_platform_sdk() -> None:
 
 
 def test_everything_the_core_names_by_dotted_path_exists() -> None:
-    from bot import cli, engine, plugins
+    from bot import cli, engine, platforms, plugins
     from bot.queue import resolve
 
     for dotted in (cli.CONSOLE_CHAT, cli.RUN_WORKER, cli.REAPER, cli.ROUTE_LINES, engine.HANDLE_MESSAGE_JOB):
         assert callable(resolve(dotted)), dotted
     import importlib
 
-    for module in (*plugins.DEFAULT_PLUGINS, *cli.PLATFORM_ADAPTERS.values()):
+    for module in (*plugins.DEFAULT_PLUGINS, *platforms.BUILTIN_PLATFORMS):
         importlib.import_module(module)

@@ -1,0 +1,118 @@
+"""Slack's `ChatPort`: posts, edits and files through the Web API alone, from any process.
+
+The adapter (`adapters.slack`) attaches one to the engine while it serves; a worker anywhere
+builds its own with `web_api_port`, which needs only `SLACK_BOT_TOKEN` (no Bolt, no Socket
+Mode connection). Slack's 429 becomes `bot.errors.RateLimited`, so `LiveMessage` waits out
+`Retry-After` for that message alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web import SlackResponse
+
+from adapters.slack_format import fit, status_blocks, to_mrkdwn
+from bot import constants
+from bot.engine import Engine
+from bot.errors import RateLimited
+from bot.types import Attachment, Reply, ThreadRef
+
+__all__ = ["PLATFORM", "SlackPort", "api_url", "web_api_port", "web_client"]
+
+PLATFORM = "slack"
+
+#: Slack's Web API, unless SLACK_API_URL points the client elsewhere (slack_sdk's default).
+DEFAULT_API_URL = "https://slack.com/api/"
+#: Seconds a Web API request may take before it counts as failed (slack_sdk defaults to 30).
+WEB_API_TIMEOUT_S = 30
+
+
+def api_url(settings: Any) -> str:
+    """Return the Web API base URL: SLACK_API_URL (with its trailing slash) or Slack's."""
+    url = settings.get("SLACK_API_URL") or DEFAULT_API_URL
+    return url if url.endswith("/") else url + "/"
+
+
+def web_client(settings: Any) -> WebClient:
+    """Return a Web API client with the bot token, at SLACK_API_URL; it retries no 429 by itself."""
+    return WebClient(token=settings.get("SLACK_BOT_TOKEN"), base_url=api_url(settings), timeout=WEB_API_TIMEOUT_S)
+
+
+@contextmanager
+def rate_limits() -> Iterator[None]:
+    """Turn Slack's 429 into `RateLimited`, so the caller (LiveMessage) waits without blocking others."""
+    try:
+        yield
+    except SlackApiError as exc:
+        if exc.response is not None and exc.response.status_code == 429:
+            raise RateLimited(_retry_after(exc.response), "Slack rate limit") from None
+        raise
+
+
+def _retry_after(response: SlackResponse) -> float:
+    headers = {key.lower(): value for key, value in (response.headers or {}).items()}
+    value = headers.get("retry-after")
+    if isinstance(value, list):
+        value = value[0] if value else None
+    try:
+        return max(float(value), 0.0) if value is not None else 1.0
+    except ValueError:
+        return 1.0
+
+
+def error_code(exc: SlackApiError) -> str:
+    return str((exc.response or {}).get("error", "")) if exc.response is not None else ""
+
+
+class SlackPort:
+    """The engine's `ChatPort` for Slack: mrkdwn posts and edits in threads, files into threads."""
+
+    platform = PLATFORM
+
+    def __init__(self, client: WebClient) -> None:
+        self.client = client
+
+    def post(self, where: ThreadRef, reply: Reply) -> str:
+        with rate_limits():
+            response = self.client.chat_postMessage(channel=where.channel, thread_ts=where.thread or None,
+                                                    unfurl_links=False, **_content(reply, constants.SLACK_TEXT_LIMIT))
+        return str(response["ts"])
+
+    def edit(self, where: ThreadRef, message_id: str, reply: Reply) -> None:
+        with rate_limits():
+            try:
+                self.client.chat_update(channel=where.channel, ts=message_id,
+                                        **_content(reply, constants.SLACK_TEXT_LIMIT))
+            except SlackApiError as exc:
+                if error_code(exc) != "msg_too_long":
+                    raise
+                # Slack refuses long edits well below its 40k cap: show the safe part.
+                self.client.chat_update(channel=where.channel, ts=message_id,
+                                        **_content(reply, constants.SLACK_EDIT_SAFE_LIMIT))
+
+    def upload(self, where: ThreadRef, attachment: Attachment) -> str:
+        with rate_limits():
+            response = self.client.files_upload_v2(
+                channel=where.channel, thread_ts=where.thread or None, content=attachment.data,
+                filename=attachment.filename, title=attachment.title or attachment.filename,
+                initial_comment=to_mrkdwn(attachment.comment) if attachment.comment else None)
+        return str(response["file"]["id"])
+
+
+def _content(reply: Reply, limit: int) -> dict[str, Any]:
+    """Return the text and blocks of a post or edit; blocks are always sent, so an edit replaces them."""
+    if reply.status is None:  # an empty text (an answer about to stream in) shows that something comes
+        return {"text": fit(to_mrkdwn(reply.text), limit) or "…", "blocks": []}
+    return {"text": fit(to_mrkdwn(reply.text), constants.STATUS_TEXT_LIMIT), "blocks": status_blocks(reply.status)}
+
+
+def web_api_port(engine: Engine) -> SlackPort | None:
+    """Return a port that posts and edits through the Web API alone (for workers), or None without a token."""
+    if not engine.settings.get("SLACK_BOT_TOKEN"):
+        return None
+    return SlackPort(web_client(engine.settings))
