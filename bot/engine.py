@@ -248,8 +248,8 @@ class Engine:
         reply = self._redacted(reply)
         self.port_for(conversation.where.platform).edit(conversation.where, message_id, reply)
         if final:
-            with self.db.session() as session:
-                Messages(session).store_reply(conversation.id, message_id, reply.text, reply_to)
+            with self.inbox.transaction() as cursor:
+                self.inbox.store_reply(cursor, conversation.id, message_id, reply.text, reply_to)
 
     def upload(self, conversation: Conversation, attachment: Attachment) -> str:
         """Upload a file into the thread, redacted, and return the platform's file id."""

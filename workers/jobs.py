@@ -59,12 +59,11 @@ def handle_message(message_id: int, route: str, text: str, tentative: bool) -> N
                    reply_to=message_id)
 
 
-def _as_decision(route: str, text: str, tentative: bool, stored: dict | None) -> RouteDecision:
+def _as_decision(route: str, text: str, tentative: bool, stored: RouteDecision | None) -> RouteDecision:
     """Return the cheap chain's decision as dispatch stored it (the job gets only its route)."""
-    if stored is None or stored["route"] != route:
+    if stored is None or stored.route.value != route:
         return RouteDecision(Route(route), "fallback", 0.5, "tentative", text=text, tentative=tentative)
-    return RouteDecision(Route(route), stored["stage"], stored["confidence"], stored["reason"], text=text,
-                         tentative=tentative)
+    return replace(stored, text=text, tentative=tentative)
 
 
 def _classify(engine: Engine, message_id: int, message: Message, conversation: Conversation,
@@ -73,8 +72,8 @@ def _classify(engine: Engine, message_id: int, message: Message, conversation: C
     better = engine.hook.classify_message(message=message, conversation=conversation, tentative=tentative, engine=engine)
     if better is None:
         return tentative.route
-    with engine.db.session() as session:
-        Messages(session).record_decision(message_id, better)
+    with engine.inbox.transaction() as cursor:
+        engine.inbox.replace_decision(cursor, message_id, better)
     return better.route
 
 

@@ -1,4 +1,5 @@
-"""The dispatch path's writes: every incoming message, its routing decision, every reply.
+"""The one writer of messages and routing decisions: every incoming message, its decision
+(and the LLM stage's better one), every reply and every reply's final text.
 
 These run for each message, so they skip the ORM and SQLAlchemy's per-statement execution
 machinery: each statement is compiled once for the database's dialect and run on the raw
@@ -16,7 +17,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, delete, insert, select
+from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Engine as SqlEngine
 
 from bot.db.models import MessageRow, RouteDecisionRow
@@ -82,6 +83,18 @@ class Inbox:
             engine, messages,
         )
         self._delete_message = _Prepared(delete(messages).where(messages.c.id == bindparam("id")), engine, messages)
+        self._update_reply = _Prepared(
+            update(messages)
+            .where(messages.c.conversation_id == bindparam("conversation_id"),
+                   messages.c.external_id == bindparam("external_id"))
+            .values(text=bindparam("text"), reply_to_id=func.coalesce(messages.c.reply_to_id, bindparam("reply_to_id"))),
+            engine, messages,
+        )
+        self._update_decision = _Prepared(
+            update(decisions).where(decisions.c.message_id == bindparam("message_id")).values(
+                {name: bindparam(name) for name in _DECISION_COLUMNS if name != "message_id"}),
+            engine, decisions,
+        )
         self._integrity_errors = engine.dialect.loaded_dbapi.IntegrityError
         # SQLite: take the write lock up front, as bot.db does for ORM sessions.
         self._begin = "BEGIN IMMEDIATE" if engine.dialect.name == "sqlite" else None
@@ -170,9 +183,25 @@ class Inbox:
 
     def record_decision(self, cursor: Any, message_id: int, decision: RouteDecision) -> None:
         """Store why the bot routed a new message as it did."""
-        self._insert_decision.run(cursor, {
-            "message_id": message_id, "route": decision.route.value, "stage": decision.stage,
-            "confidence": decision.confidence, "reason": decision.reason[:500], "decided_at": utcnow(),
-        })
+        self._insert_decision.run(cursor, _decision_values(message_id, decision))
+
+    def replace_decision(self, cursor: Any, message_id: int, decision: RouteDecision) -> None:
+        """Store a better decision for a message (the LLM stage's), replacing the cheap one."""
+        if self._update_decision.run(cursor, _decision_values(message_id, decision)).rowcount == 0:
+            self._insert_decision.run(cursor, _decision_values(message_id, decision))
+
+    def store_reply(self, cursor: Any, conversation_id: int, external_id: str, text: str,
+                    reply_to_id: int | None = None) -> None:
+        """Store the final text of a bot message that was posted (and perhaps stored) before."""
+        updated = self._update_reply.run(cursor, {"conversation_id": conversation_id, "external_id": external_id,
+                                                  "text": text, "reply_to_id": reply_to_id}).rowcount
+        if updated == 0:
+            self.add_message(cursor, conversation_id, "assistant", text, external_id=external_id,
+                             reply_to_id=reply_to_id)
+
+
+def _decision_values(message_id: int, decision: RouteDecision) -> dict[str, Any]:
+    return {"message_id": message_id, "route": decision.route.value, "stage": decision.stage,
+            "confidence": decision.confidence, "reason": decision.reason[:500], "decided_at": utcnow()}
 
 

@@ -29,6 +29,7 @@ from bot.types import (
     Conversation,
     HistoryEntry,
     MemoryItem,
+    Route,
     RouteDecision,
     RunEvent,
     RunState,
@@ -157,77 +158,24 @@ class Participants:
 
 
 class Messages:
-    """Every message of every conversation, the bot's own replies included."""
+    """Reads of every message of every conversation, the bot's own replies included.
+
+    `bot.db.inbox.Inbox` is their one writer (and their decisions'), on compiled statements.
+    """
 
     def __init__(self, session: Session) -> None:
         self.s = session
-
-    def add(
-        self,
-        conversation_id: int,
-        role: str,
-        text: str,
-        *,
-        external_id: str | None = None,
-        participant_id: int | None = None,
-        reply_to_id: int | None = None,
-        created_at: datetime | None = None,
-    ) -> tuple[int, bool]:
-        """Store a message; return its id and whether it is new (False: a redelivery)."""
-        if external_id is not None:
-            existing = self.s.scalar(
-                select(MessageRow.id).where(
-                    MessageRow.conversation_id == conversation_id, MessageRow.external_id == external_id
-                )
-            )
-            if existing is not None:
-                return existing, False
-        row = MessageRow(
-            conversation_id=conversation_id,
-            role=role,
-            text=text,
-            external_id=external_id,
-            participant_id=participant_id,
-            reply_to_id=reply_to_id,
-            created_at=created_at or utcnow(),
-        )
-        self.s.add(row)
-        self.s.flush()
-        return row.id, True
-
-    def store_reply(self, conversation_id: int, external_id: str, text: str, reply_to_id: int | None = None) -> None:
-        """Store the final text of a bot message that was posted and then edited."""
-        row = self.s.scalars(
-            select(MessageRow).where(MessageRow.conversation_id == conversation_id, MessageRow.external_id == external_id)
-        ).one_or_none()
-        if row is None:
-            self.add(conversation_id, "assistant", text, external_id=external_id, reply_to_id=reply_to_id)
-        else:
-            row.text = text
-            row.reply_to_id = row.reply_to_id or reply_to_id
 
     def answered(self, message_id: int) -> bool:
         """Return whether the bot has already replied to this message."""
         return self.s.scalar(select(MessageRow.id).where(MessageRow.reply_to_id == message_id).limit(1)) is not None
 
-    def record_decision(self, message_id: int, decision: RouteDecision) -> None:
-        """Store (or replace) why the bot routed the message as it did."""
-        row = self.s.get(RouteDecisionRow, message_id)
-        if row is None:
-            row = RouteDecisionRow(message_id=message_id)
-            self.s.add(row)
-        row.route = decision.route.value
-        row.stage = decision.stage
-        row.confidence = decision.confidence
-        row.reason = decision.reason[:500]
-        row.decided_at = utcnow()
-
-    def decision(self, message_id: int) -> dict[str, Any] | None:
-        """Return the stored decision for a message as plain values, or None."""
+    def decision(self, message_id: int) -> RouteDecision | None:
+        """Return the stored routing decision of a message, or None."""
         row = self.s.get(RouteDecisionRow, message_id)
         if row is None:
             return None
-        return {"route": row.route, "stage": row.stage, "confidence": row.confidence, "reason": row.reason}
+        return RouteDecision(Route(row.route), row.stage, row.confidence, row.reason)
 
     def get(self, message_id: int) -> tuple[HistoryEntry, int, str]:
         """Return the message, its conversation id and its author's user id."""

@@ -107,7 +107,7 @@ def test_classify_message_replaces_a_tentative_decision_in_the_job(engine: Engin
     dispatched = engine.dispatch(message("hmm, thoughts on the retry logic?"))
     engine.queue.wait([dispatched.job_id], 30)
     with engine.db.session() as session:
-        assert Messages(session).decision(dispatched.message_id)["stage"] == "llm"
+        assert Messages(session).decision(dispatched.message_id).stage == "llm"
 
 
 class Answerer:

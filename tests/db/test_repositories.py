@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from bot.db import Database
+from bot.db.inbox import Inbox
 from bot.db.repositories import (
     Conversations,
     Memories,
@@ -17,6 +18,7 @@ from bot.db.repositories import (
     Resources,
     Runs,
 )
+from bot.errors import DuplicateEvent
 from bot.types import EventKind, Route, RouteDecision, RunEvent, RunState, ThreadRef
 
 WHERE = ThreadRef("slack", "C042", "1700000000.000100")
@@ -36,32 +38,52 @@ def test_migrations_create_one_table_per_idea(db: Database) -> None:
     assert db.migrate() == "0002"  # running again changes nothing
 
 
+def add(db: Database, conversation_id: int, role: str, text: str, **values) -> int:
+    """Store one message through the one writer, in a transaction of its own; return its id."""
+    inbox = Inbox(db.engine)
+    with inbox.transaction() as cursor:
+        return inbox.add_message(cursor, conversation_id, role, text, **values)
+
+
 def test_a_thread_maps_to_one_conversation_with_its_participants_and_messages(db: Database) -> None:
-    with db.session() as s:
-        conversation = Conversations(s).ensure(WHERE, title="fix the flaky test")
-        ana = Participants(s).touch(conversation.id, "U1", "ana")
-        bo = Participants(s).touch(conversation.id, "U2", "bo")
-        first, new = Messages(s).add(conversation.id, "user", "fix the flaky test", external_id="1.1", participant_id=ana)
-        Messages(s).add(conversation.id, "user", "+1", external_id="1.2", participant_id=bo)
-        Messages(s).record_decision(first, RouteDecision(Route.AGENT, "heuristic", 0.97, "action verb"))
+    inbox = Inbox(db.engine)
+    conversation = inbox.conversation(WHERE, "fix the flaky test")
+    ana = inbox.participant(conversation.id, "U1", "ana")
+    bo = inbox.participant(conversation.id, "U2", "bo")
+    with inbox.transaction() as cursor:
+        first = inbox.add_message(cursor, conversation.id, "user", "fix the flaky test", external_id="1.1",
+                                  participant_id=ana)
+        inbox.add_message(cursor, conversation.id, "user", "+1", external_id="1.2", participant_id=bo)
+        inbox.record_decision(cursor, first, RouteDecision(Route.AGENT, "heuristic", 0.97, "action verb"))
+    with inbox.transaction() as cursor:
+        inbox.replace_decision(cursor, first, RouteDecision(Route.DIRECT, "llm", 0.9, "an opinion"))
     with db.session() as s:
         assert Conversations(s).ensure(WHERE).id == conversation.id
         history = Messages(s).recent(conversation.id)
-        assert [(e.author, e.text, e.route) for e in history] == [("ana", "fix the flaky test", "agent"), ("bo", "+1", None)]
+        assert [(e.author, e.text, e.route) for e in history] == [("ana", "fix the flaky test", "direct"), ("bo", "+1", None)]
         assert Participants(s).in_conversation(conversation.id) == [("U1", "ana"), ("U2", "bo")]
-        again, is_new = Messages(s).add(conversation.id, "user", "fix the flaky test", external_id="1.1")
-        assert (again, is_new) == (first, False)
+        assert Messages(s).decision(first) == RouteDecision(Route.DIRECT, "llm", 0.9, "an opinion")
         assert Messages(s).count(conversation.id) == 2
+    with pytest.raises(DuplicateEvent), inbox.transaction() as cursor:  # a redelivery is refused whole
+        inbox.add_message(cursor, conversation.id, "user", "fix the flaky test", external_id="1.1")
+    assert inbox.find(conversation.id, "1.1") == first
 
 
 def test_a_failed_transaction_leaves_no_half_written_rows(db: Database) -> None:
     with pytest.raises(RuntimeError):
         with db.session() as s:
-            conversation = Conversations(s).ensure(WHERE)
-            Messages(s).add(conversation.id, "user", "half")
+            Conversations(s).ensure(WHERE)
             raise RuntimeError("crash between writes")
     with db.session() as s:
         assert Conversations(s).find(WHERE) is None
+    inbox = Inbox(db.engine)
+    conversation = inbox.conversation(WHERE, "")
+    with pytest.raises(RuntimeError), inbox.transaction() as cursor:
+        message_id = inbox.add_message(cursor, conversation.id, "user", "half")
+        inbox.record_decision(cursor, message_id, RouteDecision(Route.AGENT, "heuristic", 0.9, "verb"))
+        raise RuntimeError("crash between the message and its reply")
+    with db.reading() as s:
+        assert Messages(s).count(conversation.id) == 0 and Messages(s).decision(message_id) is None
 
 
 def test_concurrent_first_messages_create_one_conversation(db: Database) -> None:
@@ -86,7 +108,8 @@ def test_concurrent_first_messages_create_one_conversation(db: Database) -> None
 def test_runs_move_through_states_once_and_keep_their_events(db: Database) -> None:
     with db.session() as s:
         conversation = Conversations(s).ensure(WHERE)
-        request, _ = Messages(s).add(conversation.id, "user", "add a README")
+    request = add(db, conversation.id, "user", "add a README")
+    with db.session() as s:
         run, created = Runs(s).create(conversation.id, "opencode", "add a README", requested_by="ana",
                                       request_message_id=request)
         assert created and run.state == RunState.QUEUED
@@ -131,9 +154,9 @@ def test_conversations_in_a_channel_are_listed_with_message_counts(db: Database)
         a = Conversations(s).ensure(WHERE)
         b = Conversations(s).ensure(ThreadRef("slack", "C042", "other"))
         Conversations(s).ensure(ThreadRef("slack", "C999", "elsewhere"))
-        Messages(s).add(a.id, "user", "one")
-        Messages(s).add(a.id, "user", "two")
         Conversations(s).set_agent_session(b.id, "ses_123")
+    add(db, a.id, "user", "one")
+    add(db, a.id, "user", "two")
     with db.session() as s:
         listed = {c.where.thread: n for c, n in Conversations(s).in_channel("slack", "C042")}
         assert listed == {WHERE.thread: 2, "other": 0}
@@ -143,11 +166,12 @@ def test_conversations_in_a_channel_are_listed_with_message_counts(db: Database)
 def test_history_for_models_leaves_out_run_status_messages(db: Database) -> None:
     with db.session() as s:
         conversation = Conversations(s).ensure(WHERE)
-        request, _ = Messages(s).add(conversation.id, "user", "fix the build")
+    request = add(db, conversation.id, "user", "fix the build")
+    with db.session() as s:
         run, _ = Runs(s).create(conversation.id, "opencode", "fix the build", request_message_id=request)
         Runs(s).set(run.id, status_message_id="1700.0002")
-        Messages(s).add(conversation.id, "assistant", "⏳ Agent run 1 · running", external_id="1700.0002")
-        Messages(s).add(conversation.id, "assistant", "Fixed: a missing import.", external_id="1700.0003")
+    add(db, conversation.id, "assistant", "⏳ Agent run 1 · running", external_id="1700.0002")
+    add(db, conversation.id, "assistant", "Fixed: a missing import.", external_id="1700.0003")
     with db.session() as s:
         everything = [e.text for e in Messages(s).recent(conversation.id)]
         for_models = [e.text for e in Messages(s).recent(conversation.id, without_run_status=True)]
