@@ -42,7 +42,6 @@ from discord import app_commands
 from adapters.discord_format import CONTENT_LIMIT, CancelButton, thread_name
 from adapters.discord_manifest import PRIVILEGED_INTENTS, gateway_intents
 from adapters.discord_port import PLATFORM, DiscordPort, EventLoopThread, apply_url_overrides, client_options
-from bot.db.repositories import Conversations, ProcessedEvents
 from bot.engine import SOMETHING_WENT_WRONG, Engine
 from bot.errors import ConfigError
 from bot.types import Message, ThreadRef
@@ -249,14 +248,11 @@ class DiscordBot:
 
     def _admit(self, where: ThreadRef | None, message_id: str, must_know: bool) -> bool:
         """Return whether to act on the message: its thread is known if need be, and it is new."""
-        db = self.engine.db
         if must_know:
             assert where is not None
-            with db.reading() as session:
-                if Conversations(session).find(where) is None:
-                    return False
-        with db.session() as session:
-            return ProcessedEvents(session).claim(PLATFORM, message_id)
+            if not self.engine.takes_part_in(where):
+                return False
+        return self.engine.claim_event(PLATFORM, message_id)
 
     async def _open_thread(self, message: discord.Message, text: str) -> ThreadRef:
         """Open a thread on the message; where that is refused, answer in the channel itself."""

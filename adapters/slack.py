@@ -29,13 +29,11 @@ from slack_bolt.adapter.socket_mode import SocketModeHandler
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
-from sqlalchemy import text as sql
 
 from adapters.slack_format import CANCEL_ACTION_ID, escape, fit, from_slack
 from adapters.slack_manifest import EVENTS_PATH
 from adapters.slack_port import PLATFORM, SlackPort, api_url, error_code, rate_limits, web_client
 from bot import constants, platforms
-from bot.db.repositories import Conversations, ProcessedEvents
 from bot.engine import Engine
 from bot.errors import ConfigError, RateLimited
 from bot.types import Message, ThreadRef
@@ -121,12 +119,9 @@ class SlackAdapter:
             self.http_server = None
 
     def _health(self, start_response: Any) -> list[bytes]:
-        try:
-            with self.engine.db.reading() as session:
-                session.execute(sql("select 1"))
+        if self.engine.healthy():
             status, body = "200 OK", {"ok": True}
-        except Exception:  # boundary: a health probe reports, it never raises
-            log.exception("health check: the database is unreachable")
+        else:
             status, body = "503 Service Unavailable", {"ok": False, "error": "database unavailable"}
         start_response(status, [("Content-Type", "application/json")])
         return [json.dumps(body).encode()]
@@ -187,7 +182,7 @@ class SlackAdapter:
         if event["type"] == "message" and not is_direct:
             if bot_user_id and f"<@{bot_user_id}" in raw:
                 return None  # the app_mention event carries it
-            if not event.get("thread_ts") or not self._takes_part_in(where):
+            if not event.get("thread_ts") or not self.engine.takes_part_in(where):
                 return None  # chatter the bot was not asked into
         text = from_slack(raw, bot_user_id) or "help"
         return Message(where=where, text=text, user_id=user, user_name=self._user_name(user), external_id=ts,
@@ -195,15 +190,10 @@ class SlackAdapter:
 
     def _first_delivery(self, event_id: str) -> bool:
         """Record the event id durably; return False when Slack delivered it before (a retry)."""
-        with self.engine.db.session() as session:
-            first = ProcessedEvents(session).claim(PLATFORM, event_id)
+        first = self.engine.claim_event(PLATFORM, event_id)
         if not first:
             log.info("slack event %s delivered again; already handled", event_id)
         return first
-
-    def _takes_part_in(self, where: ThreadRef) -> bool:
-        with self.engine.db.reading() as session:
-            return Conversations(session).find(where) is not None
 
     def _chat_line(self, name: str, argument: str) -> str:
         """Return the chat line a slash command stands for: `/agent x`, `/ask x`, `/history`, a request."""

@@ -21,7 +21,7 @@ from bot.cancel import CancelSignals
 from bot.config import Manifest, Settings, load_manifest
 from bot.db import Database
 from bot.db.inbox import Inbox
-from bot.db.repositories import Messages
+from bot.db.repositories import Conversations, Messages, ProcessedEvents
 from bot.errors import ConfigError, DuplicateEvent, PermissionDenied, UserFacingError
 from bot.memory import within_budget
 from bot.plugins import make_plugin_manager
@@ -40,6 +40,7 @@ from bot.types import (
     Reply,
     Route,
     RouteDecision,
+    ThreadRef,
 )
 
 log = logging.getLogger(__name__)
@@ -279,6 +280,25 @@ class Engine:
                     raise ConfigError(f"no adapter can post to {platform!r} from this process")
                 self._ports[platform] = port
             return port
+
+    def claim_event(self, platform: str, event_id: str) -> bool:
+        """Record a platform event id durably; return True the first time, False for a redelivery."""
+        with self.db.session() as session:
+            return ProcessedEvents(session).claim(platform, event_id)
+
+    def takes_part_in(self, where: ThreadRef) -> bool:
+        """Return whether the bot has a conversation in this thread (it was asked into it)."""
+        with self.db.reading() as session:
+            return Conversations(session).find(where) is not None
+
+    def healthy(self) -> bool:
+        """Return whether the database answers (health checks); never raises."""
+        try:
+            self.db.check()
+        except Exception:  # boundary: a health probe reports, it never raises
+            log.exception("health check: the database is unreachable")
+            return False
+        return True
 
     def listening_workers(self) -> int | None:
         """Return how many workers take queued jobs (None: this process runs them), cached briefly."""
