@@ -94,7 +94,7 @@ class Engine:
             for command in commands or ():
                 self.commands.setdefault(command.name, command)
         self.agents: dict[str, Agent] = {}
-        for agents in self.hook.register_agents():
+        for agents in self.hook.register_agents(engine=self):
             for agent in agents or ():
                 self.agents.setdefault(agent.name, agent)
         self.hook.startup.call_historic(kwargs={"engine": self})

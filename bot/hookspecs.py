@@ -50,10 +50,12 @@ def register_commands() -> list[Command]:
 
 
 @hookspec
-def register_agents() -> list[Agent]:
+def register_agents(engine: EngineAPI) -> list[Agent]:
     """Return the agents this plugin adds (`bot.types.Agent`, where the protocol is described).
 
-    Collected once per engine, into `engine.agents`.
+    Collected once per engine, into `engine.agents`, before `startup`.
+
+    :param engine: the engine being built: its settings and manifest configure the agents.
     """
 
 

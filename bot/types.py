@@ -225,6 +225,35 @@ class AgentRun:
     status_message_id: str | None = None
     session_id: str | None = None
     error: str = ""
+    #: The stored message that asked for the run (one run per request message).
+    request_message_id: int | None = None
+    job_id: str | None = None
+    #: Who cancelled it ("" unless someone did).
+    cancelled_by: str = ""
+    #: host:pid of the worker that claimed it.
+    worker: str = ""
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A file a run made, uploaded into its thread and indexed."""
+
+    id: int
+    conversation_id: int
+    path: str
+    size: int
+    sha256: str
+    run_id: int | None = None
+    kind: str = "file"
+    platform_file_id: str | None = None
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)

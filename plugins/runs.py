@@ -1,12 +1,15 @@
-"""`/cancel`: stop the thread's agent run (or a named one), within seconds, saying who did."""
+"""`/cancel`: stop the thread's agent run (or a named one), within seconds, saying who did.
+
+The command only picks the run and words the answer; `bot.runs.cancel` changes its state.
+"""
 
 from __future__ import annotations
 
-from bot.db.repositories import Conversations, Runs
+from bot import runs as run_lifecycle
+from bot.db.repositories import Runs
 from bot.errors import CommandError, PermissionDenied
 from bot.hookspecs import hookimpl
-from bot.progress import render_status
-from bot.types import Command, CommandContext, Reply, RunState, RunStatus
+from bot.types import AgentRun, Command, CommandContext, RunState
 
 
 def cancel(context: CommandContext) -> str:
@@ -14,29 +17,19 @@ def cancel(context: CommandContext) -> str:
     engine, who = context.engine, context.message.user_name or context.message.user_id
     if not engine.manifest.allows("cancel", context.message.user_id):
         raise PermissionDenied("You are not allowed to cancel agent runs here.")
-    with engine.db.session() as session:
-        runs = Runs(session)
-        run = _target(runs, context)
-        if run.state == RunState.QUEUED and runs.transition(run.id, RunState.CANCELLED, allowed_from=(RunState.QUEUED,),
-                                                            cancelled_by=who):
-            conversation = Conversations(session).get(run.conversation_id)
-            stopped_now = True
-        elif run.state == RunState.RUNNING:
-            runs.set(run.id, cancelled_by=who)
-            stopped_now = False
-        else:
-            return f"Run {run.id} has already ended ({run.state.value})."
-    if stopped_now:
-        if run.status_message_id:
-            status = RunStatus(run.id, RunState.CANCELLED, run.agent, requested_by=run.requested_by,
-                               note=f"Cancelled by {who} before it started.")
-            engine.edit(conversation, run.status_message_id, Reply(render_status(status), status=status), final=True)
+    with engine.db.reading() as session:
+        run = _target(Runs(session), context)
+    stopped = run_lifecycle.cancel(engine, run, who)
+    if stopped == RunState.QUEUED:
         return f"Cancelled run {run.id} before it started."
-    engine.cancels.send(run.id)
-    return f"Stopping run {run.id}…"
+    if stopped == RunState.RUNNING:
+        return f"Stopping run {run.id}…"
+    with engine.db.reading() as session:
+        state = Runs(session).get(run.id).state
+    return f"Run {run.id} has already ended ({state.value})."
 
 
-def _target(runs: Runs, context: CommandContext):
+def _target(runs: Runs, context: CommandContext) -> AgentRun:
     argument = context.argument.strip().lstrip("#")
     if argument:
         if not argument.isdigit():

@@ -4,7 +4,8 @@ A running run refreshes its heartbeat every few seconds (`workers.agent_run`). E
 process (and the console bot) runs a reaper thread; a run whose heartbeat is older than
 `agent.stale_after_seconds` is marked failed and its status message says why. Runs left
 queued with nothing running in their conversation (their job was lost with a worker) are
-enqueued again; the claim in `run_agent` keeps that from starting anything twice.
+enqueued again; the claim in `bot.runs` keeps that from starting anything twice. Every state
+change goes through `bot.runs`, as the job's and `/cancel`'s do.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from datetime import timedelta
 from bot import constants
 from bot.db.repositories import Runs
 from bot.engine import Engine
+from bot.runs import finish_run, kick_next
 from bot.types import RunState, as_utc, utcnow
-from workers.agent_run import finish_run, kick_next
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def reap(engine: Engine) -> list[int]:
         runs = Runs(session)
         stale = runs.stale(cutoff)
         waiting = {run.conversation_id for run in runs.in_state(RunState.QUEUED)
-                   if as_utc(runs.row(run.id).created_at) < cutoff}
+                   if run.created_at and as_utc(run.created_at) < cutoff}
     failed = []
     for run in stale:
         note = f"Failed: the worker running it stopped (no sign of life for {stale_after} s)."
@@ -42,7 +43,6 @@ def reap(engine: Engine) -> list[int]:
     for conversation_id in waiting:
         kick_next(engine, conversation_id, requeue=True)
     return failed
-
 
 
 class Reaper:

@@ -27,8 +27,10 @@ from bot.db.models import (
 from bot.types import (
     AgentRun,
     Conversation,
+    EventKind,
     HistoryEntry,
     MemoryItem,
+    Resource,
     Route,
     RouteDecision,
     RunEvent,
@@ -59,7 +61,29 @@ def _run(row: AgentRunRow) -> AgentRun:
         status_message_id=row.status_message_id,
         session_id=row.session_id,
         error=row.error,
+        request_message_id=row.request_message_id,
+        job_id=row.job_id,
+        cancelled_by=row.cancelled_by,
+        worker=row.worker,
+        tokens_in=row.tokens_in,
+        tokens_out=row.tokens_out,
+        cost=row.cost,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        heartbeat_at=row.heartbeat_at,
+        finished_at=row.finished_at,
     )
+
+
+def _event(row: RunEventRow) -> RunEvent:
+    return RunEvent(EventKind(row.kind), name=row.name, text=row.text, status=row.status, tokens_in=row.tokens_in,
+                    tokens_out=row.tokens_out, cost=row.cost, raw=row.raw or {}, at=row.created_at)
+
+
+def _resource(row: ResourceRow) -> Resource:
+    return Resource(id=row.id, conversation_id=row.conversation_id, path=row.path, size=row.size, sha256=row.sha256,
+                    run_id=row.run_id, kind=row.kind, platform_file_id=row.platform_file_id,
+                    created_at=row.created_at)
 
 
 class Conversations:
@@ -259,10 +283,6 @@ class Runs:
         row = self.s.get(AgentRunRow, run_id)
         return _run(row) if row else None
 
-    def row(self, run_id: int) -> AgentRunRow:
-        """Return the run's row, for callers that need its timing and token columns."""
-        return self.s.get_one(AgentRunRow, run_id)
-
     def transition(self, run_id: int, to: RunState, *, allowed_from: tuple[RunState, ...], **values: Any) -> bool:
         """Move the run to `to` if it is in one of `allowed_from`; return whether it moved.
 
@@ -305,9 +325,10 @@ class Runs:
         )
         return True
 
-    def events(self, run_id: int) -> list[RunEventRow]:
+    def events(self, run_id: int) -> list[RunEvent]:
         """Return the run's events in order."""
-        return list(self.s.scalars(select(RunEventRow).where(RunEventRow.run_id == run_id).order_by(RunEventRow.seq)))
+        rows = self.s.scalars(select(RunEventRow).where(RunEventRow.run_id == run_id).order_by(RunEventRow.seq))
+        return [_event(row) for row in rows]
 
     def active(self, conversation_id: int) -> list[AgentRun]:
         """Return the conversation's queued and running runs, oldest first."""
@@ -359,11 +380,11 @@ class Resources:
         self.s.flush()
         return row.id
 
-    def in_conversation(self, conversation_id: int) -> list[ResourceRow]:
+    def in_conversation(self, conversation_id: int) -> list[Resource]:
         """Return the conversation's files, newest first."""
-        return list(self.s.scalars(
-            select(ResourceRow).where(ResourceRow.conversation_id == conversation_id).order_by(ResourceRow.id.desc())
-        ))
+        rows = self.s.scalars(
+            select(ResourceRow).where(ResourceRow.conversation_id == conversation_id).order_by(ResourceRow.id.desc()))
+        return [_resource(row) for row in rows]
 
 
 class Memories:

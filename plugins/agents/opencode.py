@@ -1,42 +1,37 @@
 """The built-in coding agent: the pinned opencode CLI, run headless in the workspace.
 
-Each run gets an explicit permission config laid over the user's own (OPENCODE_CONFIG or the
-manifest's model), its own state directories, stdin from /dev/null, an environment with none
-of the bot's secrets, and a process tree that cancel and timeouts end completely.
+What is opencode's own lives here: its command line, the config written per run (an explicit
+permission block laid over the user's own, OPENCODE_CONFIG or the manifest's model), its
+offline switches, its model preflight (`opencode_model`), its event parser
+(`opencode_events`) and its `doctor` checks. Starting it isolated, watching it and ending its
+whole process tree is the shared runner's job (`plugins.agents.cli_runner`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bot.config import Manifest, Settings, resolve_agent_binary
-from bot.engine import Engine
 from bot.errors import UserFacingError
 from bot.hookspecs import hookimpl
-from bot.types import AgentOutcome, AgentTask, EventKind, HealthCheck, RunEvent
+from bot.types import Agent, AgentOutcome, AgentTask, EngineAPI, HealthCheck, RunEvent
+from plugins.agents.cli_runner import CliInvocation, run_cli
 from plugins.agents.opencode_events import parse_line
 from plugins.agents.opencode_model import connection_problem, ping, read_user_config, resolve_endpoint
-from plugins.agents.process_tree import kill_tree, spawn
 
 log = logging.getLogger(__name__)
 
 NAME = "opencode"
-#: Environment variables the agent always gets (everything else must be listed in the
-#: manifest's agent.pass_env): enough to run tools, nothing that names a bot secret.
-BASE_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME", "SHELL")
 #: Stops opencode from downloading the model catalogue and merging an opencode.json found
 #: above the workspace (PLATFORM_FACTS: ~10 s lost offline otherwise).
 OFFLINE_ENV = {"OPENCODE_DISABLE_MODELS_FETCH": "1", "OPENCODE_DISABLE_PROJECT_CONFIG": "1",
                "OPENCODE_DISABLE_AUTOUPDATE": "1", "TERM": "dumb", "NO_COLOR": "1"}
-XDG_DIRS = ("XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")
 NO_MODEL = ("No model is configured for the coding agent: set OPENCODE_CONFIG to an opencode config with a "
             "provider, or agent.model in manifest.yml (listing its API key's variable in agent.pass_env). "
             "See the README, Agent runs.")
@@ -44,8 +39,6 @@ NOT_INSTALLED = ("The opencode binary is not installed: run `npm install` in the
                  "(it pins opencode-ai), or set OPENCODE_BIN.")
 #: Seconds the agent binary gets to print its version (a cold node start on 2 busy cores).
 VERSION_TIMEOUT_S = 20
-#: Lines of opencode's stderr kept for the error message of a failed run.
-STDERR_TAIL_LINES = 20
 
 
 def permission_rules(allow_webfetch: bool) -> dict[str, Any]:
@@ -61,7 +54,7 @@ def permission_rules(allow_webfetch: bool) -> dict[str, Any]:
 
 
 class OpencodeAgent:
-    """Runs `opencode run --format json` and turns its event lines into `RunEvent`s."""
+    """Runs `opencode run --format json` through the shared CLI runner."""
 
     name = NAME
 
@@ -70,7 +63,13 @@ class OpencodeAgent:
         self.user_config = user_config
 
     def run(self, task: AgentTask, on_event: Callable[[RunEvent], None], cancel: threading.Event) -> AgentOutcome:
-        env = self._environment(task)
+        """Run the task with opencode; return how it ended (see `bot.types.Agent`)."""
+        env = {**OFFLINE_ENV, "OPENCODE_CONFIG": str(self._write_config(task))}
+        invocation = CliInvocation(name=NAME, argv=self.command(task), parse_line=parse_line, env=env)
+        return run_cli(invocation, task, on_event, cancel)
+
+    def command(self, task: AgentTask) -> list[str]:
+        """Return opencode's command line for the task."""
         argv = [str(self.binary), "run", "--format", "json", "--dir", str(task.workspace)]
         if task.session_id:
             argv += ["--session", task.session_id]
@@ -81,106 +80,38 @@ class OpencodeAgent:
         # then fails on them, so the prompt cannot be split into words (opencode wraps a
         # single argument with spaces in quotes, which the model reads fine). stdin stays
         # /dev/null.
-        argv += ["--", task.prompt]
-        process = spawn(argv, env=env, cwd=task.workspace)
-        stderr_tail: list[str] = []
-        stderr_reader = threading.Thread(target=_tail, args=(process.stderr, stderr_tail), daemon=True)
-        stderr_reader.start()
-        ended = threading.Event()
-        stop_reason: list[str] = []
-        watchdog = threading.Thread(target=self._watch, args=(process, cancel, task.timeout_s, ended, stop_reason),
-                                    daemon=True)
-        watchdog.start()
-        session_id, texts, errors = task.session_id, [], []
-        assert process.stdout is not None
-        for raw in process.stdout:
-            event, event_session = parse_line(raw.decode("utf-8", errors="replace"))
-            session_id = event_session or session_id
-            if event is None:
-                continue
-            if event.kind == EventKind.TEXT and event.text.strip():
-                texts.append(event.text)
-            if event.kind == EventKind.ERROR:
-                errors.append(event.text)
-            on_event(event)
-        code = process.wait()
-        ended.set()
-        watchdog.join()
-        stderr_reader.join(2)
-        process.stdout.close()
-        if process.stderr is not None:
-            process.stderr.close()
-        final = texts[-1].strip() if texts else ""
-        if stop_reason:
-            return AgentOutcome(session_id, final, cancelled=stop_reason[0] == "cancel",
-                                timed_out=stop_reason[0] == "timeout",
-                                error=f"timed out after {task.timeout_s:g} s" if stop_reason[0] == "timeout" else "")
-        if code != 0 or errors:
-            detail = errors[-1] if errors else _last_line(stderr_tail) or f"opencode exited with status {code}"
-            return AgentOutcome(session_id, final, error=detail)
-        return AgentOutcome(session_id, final)
-
-    @staticmethod
-    def _watch(process: subprocess.Popen[bytes], cancel: threading.Event, timeout_s: float, ended: threading.Event,
-               stop_reason: list[str]) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not ended.is_set():
-            if cancel.wait(min(0.2, max(0.0, deadline - time.monotonic()))):
-                stop_reason.append("cancel")
-            elif time.monotonic() >= deadline:
-                stop_reason.append("timeout")
-            else:
-                continue
-            kill_tree(process)
-            return
-
-    def _environment(self, task: AgentTask) -> dict[str, str]:
-        env = {name: os.environ[name] for name in BASE_ENV if name in os.environ}
-        env.update(OFFLINE_ENV)
-        home = task.state_dir / "home"
-        home.mkdir(parents=True, exist_ok=True)
-        env["HOME"] = str(home)
-        for name in XDG_DIRS:
-            path = task.state_dir / name.lower()
-            path.mkdir(parents=True, exist_ok=True)
-            env[name] = str(path)
-        env["OPENCODE_CONFIG"] = str(self._write_config(task))
-        env.update(task.env)
-        return env
+        return [*argv, "--", task.prompt]
 
     def _write_config(self, task: AgentTask) -> Path:
         config = read_user_config(str(self.user_config) if self.user_config else None)
         config.update({"permission": permission_rules(task.allow_webfetch), "autoupdate": False, "share": "disabled"})
+        task.state_dir.mkdir(parents=True, exist_ok=True)
         path = task.state_dir / "opencode.json"
         path.write_text(json.dumps(config, indent=2), encoding="utf-8")
         return path
 
 
-def _tail(stream: Any, lines: list[str]) -> None:
-    for raw in stream:
-        lines.append(raw.decode("utf-8", errors="replace").rstrip())
-        del lines[:-STDERR_TAIL_LINES]
-
-
-def _last_line(lines: list[str]) -> str:
-    meaningful = [line for line in lines if line.strip()]
-    return meaningful[-1][:300] if meaningful else ""
-
-
 @hookimpl
-def register_agents() -> list[Any]:
-    return [_agent]
+def register_agents(engine: EngineAPI) -> list[Agent]:
+    return [ConfiguredOpencode(engine.settings, engine.manifest)]
 
 
-class _LazyAgent:
-    """Resolves the binary when a run starts, so a missing binary is a chat message, not a crash."""
+class ConfiguredOpencode:
+    """opencode as the bot's settings configure it: binary and model checked when a run starts.
+
+    A missing binary or an unreachable model is then a message in the thread, not a crash
+    at start (and not opencode's minute of retries).
+    """
 
     name = NAME
-    engine: Engine | None = None
+
+    def __init__(self, settings: Settings, manifest: Manifest) -> None:
+        self.settings = settings
+        self.manifest = manifest
 
     def run(self, task: AgentTask, on_event: Callable[[RunEvent], None], cancel: threading.Event) -> AgentOutcome:
-        assert self.engine is not None
-        settings, manifest = self.engine.settings, self.engine.manifest
+        """Check the binary and the model, then run the task with opencode; return how it ended."""
+        settings, manifest = self.settings, self.manifest
         binary = resolve_agent_binary(manifest, settings)
         if binary is None:
             raise UserFacingError(NOT_INSTALLED)
@@ -195,14 +126,6 @@ class _LazyAgent:
             raise UserFacingError(f"The agent's model {endpoint.name} cannot be reached at {endpoint.base_url} "
                                   f"({problem}). Check its address in OPENCODE_CONFIG, or `python -m bot doctor`.")
         return OpencodeAgent(binary, Path(user_config) if user_config else None).run(task, on_event, cancel)
-
-
-_agent = _LazyAgent()
-
-
-@hookimpl
-def startup(engine: Engine) -> None:
-    _agent.engine = engine
 
 
 @hookimpl

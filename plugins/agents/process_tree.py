@@ -1,4 +1,4 @@
-"""Starting the agent so that its whole process tree can be ended, children included.
+"""Starting an agent so that its whole process tree can be ended, children included.
 
 opencode's bash tool starts commands in sessions of their own: they survive a kill of
 opencode and of its process group (PLATFORM_FACTS). As root, the agent runs in a new PID

@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from bot.db.repositories import Runs
 from bot.hookspecs import hookimpl
 from bot.types import Conversation, EngineAPI, HistoryEntry, Message, Route, RouteDecision
 
@@ -208,8 +209,6 @@ PROPOSAL = re.compile(
 #: An offer or a question to answer comes at the end of the bot's message; earlier, "should I
 #: ...?" may only quote the person's own question.
 OFFER_TAIL_CHARS = 300
-#: The bot's message is an agent run's status (as bot.progress renders it).
-AGENT_RUN = re.compile(r"\bAgent run \d+\b")
 
 
 @dataclass(frozen=True)
@@ -357,11 +356,18 @@ class _ThreadReader:
 
     def state(self) -> ThreadState:
         if self._state is None:
-            self._state = _thread_state(self._engine.history(self._conversation.id, THREAD_LOOKBACK))
+            entries = self._engine.history(self._conversation.id, THREAD_LOOKBACK)
+            self._state = _thread_state(entries, ran_agent=self._ran_agent(entries))
         return self._state
 
+    def _ran_agent(self, entries: list[HistoryEntry]) -> bool:
+        """Return True if one of these messages asked for the thread's latest agent run (the runs table says)."""
+        with self._engine.db.reading() as session:
+            latest = Runs(session).in_conversation(self._conversation.id, limit=1)
+        return bool(latest) and latest[0].request_message_id in {entry.id for entry in entries}
 
-def _thread_state(entries: list[HistoryEntry]) -> ThreadState:
+
+def _thread_state(entries: list[HistoryEntry], *, ran_agent: bool = False) -> ThreadState:
     """Return what the thread's last bot message says about the agent."""
     last_bot = next((i for i in range(len(entries) - 1, -1, -1) if entries[i].role == "assistant"), None)
     if last_bot is None:
@@ -369,7 +375,7 @@ def _thread_state(entries: list[HistoryEntry]) -> ThreadState:
     bot_text = entries[last_bot].text
     tail = bot_text[-OFFER_TAIL_CHARS:]
     asked = next((e for e in reversed(entries[:last_bot]) if e.role == "user"), None)
-    agent_worked = AGENT_RUN.search(bot_text) is not None or (asked is not None and asked.route == "agent")
+    agent_worked = ran_agent or (asked is not None and asked.route == "agent")
     offers = PROPOSAL.search(tail) is not None or (agent_worked and "?" in tail)
     return ThreadState(offers_agent=offers, agent_worked=agent_worked,
                        request=asked.text if asked else "", proposal=bot_text)

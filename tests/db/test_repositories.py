@@ -127,8 +127,8 @@ def test_runs_move_through_states_once_and_keep_their_events(db: Database) -> No
     with db.session() as s:
         runs = Runs(s)
         assert runs.get(run.id).state == RunState.DONE
-        assert runs.row(run.id).finished_at is not None and runs.row(run.id).tokens_in == 1200
-        assert [(e.seq, e.kind, e.name) for e in runs.events(run.id)] == [(1, "tool", "write"), (2, "tokens", "")]
+        assert runs.get(run.id).finished_at is not None and runs.get(run.id).tokens_in == 1200
+        assert [(e.kind, e.name) for e in runs.events(run.id)] == [(EventKind.TOOL, "write"), (EventKind.TOKENS, "")]
         assert runs.active(conversation.id) == []
         assert [r.id for r in runs.in_state(RunState.DONE)] == [run.id]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from bot.db.repositories import Runs
 from bot.engine import Engine
 from bot.hookspecs import hookimpl
 from bot.types import Message, Route, RouteDecision, ThreadRef
@@ -114,7 +115,17 @@ def test_ok_after_an_explanation_is_only_an_acknowledgement(engine: Engine) -> N
 
 
 def test_a_follow_up_in_a_thread_the_agent_worked_in_goes_back_to_the_agent(engine: Engine) -> None:
-    where = thread(engine, "ran", ("user", "add pagination to /orders"), ("bot", RUN_DONE))
+    # The request read as a question (routed to chat), yet a run was started for it (the LLM
+    # stage, say): the runs table, not the status text, says the agent worked here.
+    where = thread(engine, "ran", ("user", "could pagination on /orders work like on /users?"))
+    assert route(engine, "now do the same for /refunds", thread(engine, "asked-only",
+                 ("user", "could pagination on /orders work like on /users?"), ("bot", "Yes: a cursor."))).route \
+        != Route.AGENT
+    conversation = engine.inbox.conversation(where, "")
+    (asked,) = engine.history(conversation.id, 4)
+    with engine.db.session() as session:
+        Runs(session).create(conversation.id, "opencode", asked.text, request_message_id=asked.id)
+    engine.say(conversation, RUN_DONE)
     assert route(engine, "now do the same for /refunds", where).route == Route.AGENT
     assert route(engine, "the tests still fail on CI", where).route == Route.AGENT
     assert route(engine, "why did you use a cursor instead of offsets?", where).route == Route.DIRECT
@@ -141,10 +152,16 @@ def test_a_third_party_router_decides_before_the_heuristics_but_after_explicit_c
     assert route(engine, "/agent fix the typo in README.md").stage == "explicit"
 
 
-def test_the_thread_is_read_only_for_short_replies(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    reads = []
-    history = engine.history
-    monkeypatch.setattr(engine, "history", lambda *args, **kw: reads.append(args) or history(*args, **kw))
+def test_the_thread_is_read_only_for_short_replies(engine: Engine) -> None:
+    from sqlalchemy import event
+
+    reads: list[str] = []
+
+    def count_history_reads(connection, cursor, statement, *args) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM messages" in statement:
+            reads.append(statement)
+
+    event.listen(engine.db.engine, "before_cursor_execute", count_history_reads)
     for text in ("fix the typo in README.md", "what's the difference between a process and a thread?",
                  "thanks!", "can you explain how JWT refresh tokens are supposed to work?"):
         route(engine, text)

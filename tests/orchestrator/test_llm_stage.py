@@ -115,16 +115,12 @@ def test_a_prompt_injection_classified_as_agent_starts_no_run_for_a_user_not_all
     assert f"<message>\n{INJECTION}\n</message>" in classify["messages"][0]["content"]
 
 
-def test_the_agent_permission_holds_whichever_stage_routed(make_engine: EngineFactory,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    import workers.agent_run
-
-    started = []
-    monkeypatch.setattr(workers.agent_run, "start_run", lambda engine, message_id, message, conversation:
-                        started.append((message.user_id, message.text)))
+def test_the_agent_permission_holds_whichever_stage_routed(make_engine: EngineFactory) -> None:
     engine, port = make_engine(manifest={"permissions": {"agent": ["U_ADMIN"]}})
     dispatch_and_wait(engine, "/agent rm -rf /", user="U_DEV")  # explicit override
     dispatch_and_wait(engine, "fix the typo in README.md", user="U_DEV")  # heuristics
     assert list(port.final_texts.values()) == [NOT_ALLOWED_AGENT, NOT_ALLOWED_AGENT]
+    assert rows(engine, "select count(*) from agent_runs") == [(0,)]
     dispatch_and_wait(engine, "fix the typo in README.md", user="U_ADMIN")
-    assert started == [("U_ADMIN", "fix the typo in README.md")]
+    engine.queue.wait(timeout=60)  # the run itself (it fails at once: no model is configured here)
+    assert rows(engine, "select prompt from agent_runs") == [("fix the typo in README.md",)]

@@ -140,7 +140,7 @@ def test_cancel_of_a_queued_run_and_one_run_at_a_time_per_thread(tmp_path: Path,
         ask(engine, "/cancel 3")
         engine.queue.wait(timeout=120)
         with engine.db.reading() as session:
-            rows = [Runs(session).row(n) for n in (1, 2, 3)]
+            rows = [Runs(session).get(n) for n in (1, 2, 3)]
         assert [r.state for r in rows] == ["done", "done", "cancelled"]
         assert rows[1].started_at >= rows[0].finished_at  # never two at once in one thread
         assert "Cancelled by ana before it started." in status_of(3)[-1]

@@ -81,7 +81,7 @@ def test_a_killed_worker_leaves_no_run_shown_as_running(tmp_path: Path, model, r
         engine.dispatch(Message(where=where, text=f"/agent run {marker}", user_id="U1", user_name="ana"))
         wait_until(lambda: processes_with(marker, starting=True), 90, "the agent's sleep to start in the worker")
         with engine.db.reading() as session:
-            horse = int(Runs(session).row(1).worker.rsplit(":", 1)[1])  # the process executing the job
+            horse = int(Runs(session).get(1).worker.rsplit(":", 1)[1])  # the process executing the job
         os.kill(horse, signal.SIGKILL)  # the work-horse and its worker, mid-run
         os.killpg(doomed.pid, signal.SIGKILL)
         doomed.wait(10)

@@ -1,0 +1,217 @@
+"""The life of an agent run: queued, running, then done, failed or cancelled, one at a time.
+
+    start_run ─► run row (queued) + status message ─► enqueue `RUN_JOB`
+    claim ─► running (the conversation's oldest queued run, and nothing else running)
+    events ─► fold_event ─► RunStatus ─► bot.progress.render_status
+    finish_run ─► a final state, shown in the status message ─► kick_next
+
+This module decides every state change of a run; the job that executes a run
+(`workers.agent_run`), the `/cancel` command and the reaper all come through here. The
+`agent_runs` table is the source of truth: whether a run exists, who cancelled it and how it
+ended are read from it (`bot.db.repositories.Runs`), never from the text of a message.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from bot import constants
+from bot.db.repositories import Conversations, Runs
+from bot.progress import render_status
+from bot.types import (
+    AgentRun,
+    Conversation,
+    EventKind,
+    Message,
+    Reply,
+    RunEvent,
+    RunState,
+    RunStatus,
+    as_utc,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    from bot.engine import Engine
+
+#: The job that executes one run, named by dotted path (the core imports no worker module).
+RUN_JOB = "workers.agent_run.run_agent"
+#: States a run can still leave.
+ACTIVE = (RunState.QUEUED, RunState.RUNNING)
+
+
+def start_run(engine: Engine, message_id: int, message: Message, conversation: Conversation) -> AgentRun:
+    """Create the run for a request (once), show its status message, enqueue it; return the run."""
+    with engine.db.session() as session:
+        run, created = Runs(session).create(conversation.id, engine.manifest.agent.name, message.text,
+                                            requested_by=message.user_name or message.user_id,
+                                            request_message_id=message_id)
+    if not created and run.status_message_id:
+        return run  # a redelivered request: its run exists and is shown already
+    status = status_of(engine, run.id)
+    status_message_id = engine.say(conversation, Reply(render_status(status), status=status, partial=True),
+                                   reply_to=message_id)
+    job_id = f"run-{run.id}"
+    with engine.db.session() as session:
+        Runs(session).set(run.id, status_message_id=status_message_id, job_id=job_id)
+    engine.queue.enqueue(RUN_JOB, run.id, job_id=job_id, timeout=engine.agent_job_timeout)
+    return replace(run, status_message_id=status_message_id)
+
+
+def claim(engine: Engine, run_id: int) -> bool:
+    """Return True if the run moved to running: its conversation's oldest queued run, none running."""
+    with engine.db.session() as session:
+        runs = Runs(session)
+        run = runs.get(run_id)
+        if run.state != RunState.QUEUED:
+            return False
+        active = runs.active(run.conversation_id)
+        if any(other.state == RunState.RUNNING for other in active) or active[0].id != run_id:
+            return False
+        return runs.transition(run_id, RunState.RUNNING, allowed_from=(RunState.QUEUED,),
+                               worker=worker_name(), heartbeat_at=utcnow())
+
+
+def kick_next(engine: Engine, conversation_id: int, *, requeue: bool = False) -> None:
+    """Enqueue the conversation's next queued run and show the others their new place.
+
+    With `requeue` (the reaper, for a run whose job was lost) the job id is fixed, so
+    repeated passes enqueue it once.
+    """
+    with engine.db.reading() as session:
+        active = Runs(session).active(conversation_id)
+    if not active or active[0].state != RunState.QUEUED:
+        return
+    first = active[0]
+    if requeue:
+        job_id = f"run-{first.id}-requeue"
+    else:
+        refresh_queue(engine, conversation_id)
+        job_id = f"run-{first.id}-after-{int(time.time() * 1000)}"
+    engine.queue.enqueue(RUN_JOB, first.id, job_id=job_id, timeout=engine.agent_job_timeout)
+
+
+def refresh_queue(engine: Engine, conversation_id: int) -> None:
+    """Edit the status of every queued run of the conversation to show its place in line."""
+    with engine.db.reading() as session:
+        active = Runs(session).active(conversation_id)
+        conversation = Conversations(session).get(conversation_id)
+    for run in active:
+        if run.state == RunState.QUEUED and run.status_message_id:
+            status = status_of(engine, run.id)
+            engine.edit(conversation, run.status_message_id, Reply(render_status(status), status=status, partial=True))
+
+
+def finish_run(engine: Engine, run_id: int, state: RunState, *, error: str = "", note: str = "",
+               allowed_from: tuple[RunState, ...] = ACTIVE, status: RunStatus | None = None,
+               show: Callable[[Reply], None] | None = None, **columns: Any) -> bool:
+    """Move an unfinished run to a final state and show it; return False if it had ended already.
+
+    :param status: the status as the caller followed it (the executing job's live one);
+        default: rebuilt from the stored run and its events.
+    :param show: how the final status lands (the job's live message); default: one final
+        edit of the run's status message.
+    :param columns: more columns stored with the move (tokens, session id, who cancelled).
+    """
+    assert state.is_final, state
+    with engine.db.session() as session:
+        runs = Runs(session)
+        moved = runs.transition(run_id, state, allowed_from=allowed_from, error=error, **columns)
+        run = runs.get(run_id)
+        conversation = Conversations(session).get(run.conversation_id)
+    if not moved:
+        return False
+    final = replace(status, checklist=list(status.checklist)) if status else status_of(engine, run_id)
+    final.state = state
+    final.note = note or (f"Failed: {error}" if state == RunState.FAILED and error else "")
+    reply = Reply(render_status(final), status=final)
+    if show is not None:
+        show(reply)
+    elif run.status_message_id:
+        engine.edit(conversation, run.status_message_id, reply, final=True)
+    return True
+
+
+def cancel(engine: Engine, run: AgentRun, who: str) -> RunState | None:
+    """Cancel a run for `who`; return the state it was stopped in, or None if it had ended.
+
+    A queued run is cancelled at once and its status says so. A running one is marked
+    (who cancelled is stored on the run) and its process is signalled, wherever it runs; the
+    job executing it ends it as cancelled.
+    """
+    if run.state == RunState.QUEUED and finish_run(engine, run.id, RunState.CANCELLED,
+                                                   allowed_from=(RunState.QUEUED,), cancelled_by=who,
+                                                   note=f"Cancelled by {who} before it started."):
+        return RunState.QUEUED
+    with engine.db.session() as session:
+        runs = Runs(session)
+        if runs.get(run.id).state != RunState.RUNNING:
+            return None
+        runs.set(run.id, cancelled_by=who)
+    engine.cancels.send(run.id)
+    return RunState.RUNNING
+
+
+def cancel_requested(engine: Engine, run_id: int) -> bool:
+    """Return True if someone asked to cancel the run."""
+    with engine.db.reading() as session:
+        return bool(Runs(session).get(run_id).cancelled_by)
+
+
+def cancelled_by(engine: Engine, run_id: int) -> str:
+    """Return who cancelled the run, or "" if nobody did."""
+    with engine.db.reading() as session:
+        return Runs(session).get(run_id).cancelled_by
+
+
+def fold_event(status: RunStatus, event: RunEvent) -> None:
+    """Apply one agent event to a run's status: a checklist line, the latest words, tokens, an error."""
+    if event.kind == EventKind.TOOL:
+        status.checklist.append((event.text, event.status == "completed"))
+        overflow = len(status.checklist) - constants.STATUS_CHECKLIST_ITEMS
+        if overflow > 0:
+            status.hidden_items += overflow
+            del status.checklist[:overflow]
+    elif event.kind == EventKind.TEXT and event.text.strip():
+        status.latest_text = event.text
+    elif event.kind == EventKind.TOKENS:
+        status.tokens_in += event.tokens_in
+        status.tokens_out += event.tokens_out
+        status.cost += event.cost
+    elif event.kind == EventKind.ERROR:
+        status.note = f"Error: {event.text}"
+
+
+def status_of(engine: Engine, run_id: int, note: str = "") -> RunStatus:
+    """Return the status of a run as stored, with its place in its conversation's line."""
+    with engine.db.reading() as session:
+        runs = Runs(session)
+        run = runs.get(run_id)
+        active = [other.id for other in runs.active(run.conversation_id)]
+        checklist = [(e.text, e.status == "completed") for e in runs.events(run_id) if e.kind == EventKind.TOOL]
+    elapsed = (as_utc(run.finished_at or utcnow()) - as_utc(run.started_at)).total_seconds() if run.started_at else 0.0
+    hidden = max(0, len(checklist) - constants.STATUS_CHECKLIST_ITEMS)
+    return RunStatus(
+        run_id=run_id,
+        state=run.state,
+        agent=run.agent,
+        requested_by=run.requested_by,
+        elapsed_s=elapsed,
+        queue_position=active.index(run_id) if run_id in active else 0,
+        checklist=checklist[hidden:],
+        hidden_items=hidden,
+        tokens_in=run.tokens_in,
+        tokens_out=run.tokens_out,
+        cost=run.cost,
+        note=note or (f"Failed: {run.error}" if run.state == RunState.FAILED and run.error else ""),
+    )
+
+
+def worker_name() -> str:
+    """Return this process's name in the runs table: host and pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
