@@ -7,12 +7,19 @@ reply is out, and message-by-message turns would bill that work to whichever bot
 Threadwork persists every message, its routing decision and its reply in SQLite; Errbot
 persists none. Run: `python bench/dispatch.py [-n 3000]`.
 
-Targets: p99 under 5 ms per message; at least twice Errbot's messages per second.
+Targets: p99 under 5 ms per message; at least twice Errbot's messages per second. The machine's
+load average is printed beside the figures: both bots are single-threaded here, so a busy
+second core (a test suite, another benchmark) slows them unevenly. `--profile` prints where
+Threadwork's time goes (measured: about a third is SQLite's commit, a seventh the statements,
+a tenth the connection pool's checkout and return; the rest is routing and Python overhead).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import os
+import pstats
 import statistics
 import sys
 import tempfile
@@ -87,7 +94,10 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=3000, help="messages per bot (default 3000)")
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--block", type=int, default=100, help="messages per turn (default 100)")
+    parser.add_argument("--profile", action="store_true", help="print where Threadwork's time goes")
     args = parser.parse_args()
+    load_before = os.getloadavg()
+    profile = cProfile.Profile() if args.profile else None
 
     from bench.errbot_workload import ErrbotWorkload
 
@@ -102,9 +112,14 @@ def main() -> int:
                     for i in block:
                         ours_text, ours_reply, errbot_text, errbot_reply = WORKLOAD[i % len(WORKLOAD)]
                         text, expected = (ours_text, ours_reply) if name == "threadwork" else (errbot_text, errbot_reply)
+                        profiling = profile is not None and name == "threadwork" and i >= args.warmup
+                        if profiling:
+                            profile.enable()
                         start = time.perf_counter()
                         reply = bot.send(text)
                         elapsed = time.perf_counter() - start
+                        if profiling:
+                            profile.disable()
                         if not reply.startswith(expected):
                             raise SystemExit(f"{name} answered {text!r} with {reply!r}")
                         if i >= args.warmup:
@@ -133,6 +148,12 @@ def main() -> int:
     p99 = rows[0][3]
     print(f"ratio threadwork/errbot msg/s: {ratio:.2f}x (target >= {RATIO_TARGET:.0f}x)"
           f" | threadwork p99 {p99:.3f} ms (target < {P99_TARGET_MS:.0f} ms)")
+    load_after = os.getloadavg()
+    print(f"machine: {os.cpu_count()} cores, load average {load_before[0]:.2f} before, {load_after[0]:.2f} after"
+          " (above ~0.5 before, the figures are not from a quiet machine)")
+    if profile is not None:
+        print("\nwhere Threadwork's time went (profiled run; profiling itself slows it):")
+        pstats.Stats(profile).sort_stats("tottime").print_stats(12)
     return 0
 
 
