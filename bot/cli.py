@@ -62,8 +62,10 @@ def main() -> None:
 @main.command()
 @click.option("--thread", default=None, help="Thread to continue (default: 'main').")
 @click.option("--new", "new_thread", is_flag=True, help="Start a new thread.")
+@click.option("--concurrent", is_flag=True,
+              help="Piped: send each line at once and print every edit, instead of one line after another.")
 @_clean_errors
-def chat(thread: str | None, new_thread: bool) -> None:
+def chat(thread: str | None, new_thread: bool, concurrent: bool) -> None:
     """Chat with the bot in this terminal (console adapter)."""
     from datetime import datetime
 
@@ -78,7 +80,8 @@ def chat(thread: str | None, new_thread: bool) -> None:
     set_current(engine)
     if new_thread:
         thread = datetime.now().strftime("t%Y%m%d-%H%M%S")
-    console = resolve(CONSOLE_CHAT)(engine, thread or constants.CONSOLE_DEFAULT_THREAD, interactive=interactive)
+    console = resolve(CONSOLE_CHAT)(engine, thread or constants.CONSOLE_DEFAULT_THREAD, interactive=interactive,
+                                    concurrent=concurrent)
     reaper = _in_process_reaper(engine)
     try:
         code = console.run(None)
