@@ -187,6 +187,10 @@ class DiscordPort:
     def upload(self, where: ThreadRef, attachment: Attachment) -> str:
         return self._call(self._upload(where, attachment), timeout=UPLOAD_TIMEOUT_S)
 
+    def upload_limit(self, where: ThreadRef) -> int:
+        """Return the largest file Discord takes in one upload where the thread is."""
+        return self._file_limit(where)[0]
+
     def close(self) -> None:
         """Close a REST-only port's client and loop (a gateway's port closes with its bot)."""
         if self._login_token is not None:

@@ -93,9 +93,6 @@ def fit(text: str, limit: int) -> str:
 # -- Slack markup -> plain text ------------------------------------------------------------------
 
 _INCOMING_LINK = re.compile(r"<((?:https?|mailto):[^<>|\s]+)(?:\|([^<>]*))?>")
-_INCOMING_CHANNEL = re.compile(r"<#([A-Z0-9]+)(?:\|([^<>]*))?>")
-
-
 def from_slack(text: str, bot_user_id: str | None = None) -> str:
     """Return a message's text as plain text: the bot's own mention dropped, links and entities undone."""
     if bot_user_id:
@@ -107,7 +104,7 @@ def from_slack(text: str, bot_user_id: str | None = None) -> str:
         return url if not label or label in (url, url.split("://", 1)[-1]) else f"{label} ({url})"
 
     text = _INCOMING_LINK.sub(link, text)
-    text = _INCOMING_CHANNEL.sub(lambda m: f"#{m.group(2) or m.group(1)}", text)
+    # Channel mentions keep Slack's own form (<#C0123|name>): its id is what `/share` posts to.
     text = text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
     return text.strip()
 

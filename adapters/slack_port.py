@@ -95,6 +95,10 @@ class SlackPort:
                 self.client.chat_update(channel=where.channel, ts=message_id,
                                         **_content(reply, constants.SLACK_EDIT_SAFE_LIMIT))
 
+    def upload_limit(self, where: ThreadRef) -> int:
+        """Return the largest file Slack takes in one upload."""
+        return constants.SLACK_FILE_LIMIT
+
     def upload(self, where: ThreadRef, attachment: Attachment) -> str:
         with rate_limits():
             response = self.client.files_upload_v2(

@@ -35,11 +35,13 @@ _EXPORTS = {
     "MemoryItem": "bot.types",
     "Message": "bot.types",
     "Reply": "bot.types",
+    "Resource": "bot.types",
     "Route": "bot.types",
     "RouteDecision": "bot.types",
     "RunEvent": "bot.types",
     "RunState": "bot.types",
     "RunStatus": "bot.types",
+    "SearchHit": "bot.types",
     "ThreadRef": "bot.types",
     # errors a plugin raises or catches
     "UserFacingError": "bot.errors",
@@ -47,6 +49,7 @@ _EXPORTS = {
     "ConfigError": "bot.errors",
     "PermissionDenied": "bot.errors",
     "RateLimited": "bot.errors",
+    "ResourceGone": "bot.errors",
 }
 
 __all__ = sorted(_EXPORTS)

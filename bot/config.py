@@ -137,6 +137,13 @@ class AgentSection(_Section):
     stale_after_seconds: int = Field(default=constants.RUN_STALE_AFTER_S, ge=5)
 
 
+class ResourcesSection(_Section):
+    """What a run's files become in the thread."""
+
+    #: Files a run uploads one by one; the rest go up as one zip (each stays a resource).
+    max_uploads: int = Field(default=constants.RUN_MAX_UPLOADS, ge=1, le=1000)
+
+
 class ChannelSection(_Section):
     #: A git repository (path or URL) the channel's workspaces start from.
     repo: str | None = None
@@ -160,6 +167,7 @@ class Manifest(_Section):
     router: RouterSection = Field(default_factory=RouterSection)
     llm: LlmSection = Field(default_factory=LlmSection)
     agent: AgentSection = Field(default_factory=AgentSection)
+    resources: ResourcesSection = Field(default_factory=ResourcesSection)
     #: Per-channel settings keyed "platform:channel", e.g. "slack:C0123".
     channels: dict[str, ChannelSection] = Field(default_factory=dict)
     permissions: Permissions = Field(default_factory=Permissions)

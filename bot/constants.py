@@ -51,11 +51,14 @@ RUN_HEARTBEAT_S = 5
 RUN_STALE_AFTER_S = 30
 #: How often each worker process looks for runs of dead workers.
 REAPER_INTERVAL_S = 10
-#: At most this many changed files are attached to the thread after a run.
-RUN_MAX_ATTACHMENTS = 10
-#: Files larger than this are listed, not attached (Slack and Discord cap far lower per
-#: request on free plans anyway: Discord 10 MiB).
-RUN_MAX_ATTACHMENT_BYTES = 8 * 1024 * 1024
+#: Files a run uploads one by one by default (`resources.max_uploads`); the rest go as one zip,
+#: so a run that touches hundreds of files does not flood the thread.
+RUN_MAX_UPLOADS = 20
+#: The upload limit of a port that names none: Discord's unboosted 10 MiB is the lowest of
+#: the platforms', less headroom for the request around the file.
+DEFAULT_UPLOAD_LIMIT_BYTES = 8 * 1024 * 1024
+#: Slack accepts files up to 1 GB (files.getUploadURLExternal docs).
+SLACK_FILE_LIMIT = 1024 * 1024 * 1024
 #: Name of the RQ queue every Threadwork job goes to.
 QUEUE_NAME = "threadwork"
 #: How long the answer to "is any worker listening?" is trusted before Redis is asked again:

@@ -258,6 +258,12 @@ class Engine:
                            self.redact(attachment.comment))
         return self.port_for(conversation.where.platform).upload(conversation.where, clean)
 
+    def upload_limit(self, conversation: Conversation) -> int:
+        """Return the largest file, in bytes, the conversation's platform takes in one upload."""
+        port = self.port_for(conversation.where.platform)
+        limit = getattr(port, "upload_limit", None)
+        return limit(conversation.where) if callable(limit) else constants.DEFAULT_UPLOAD_LIMIT_BYTES
+
     def _redacted(self, reply: Reply | str) -> Reply:
         if isinstance(reply, str):
             return Reply(self.redact(reply))

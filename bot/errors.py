@@ -6,7 +6,8 @@
      │    ├── DatabaseUnavailable
      │    ├── QueueUnavailable
      │    ├── PermissionDenied
-     │    └── CommandError    a chat command was used wrongly
+     │    ├── CommandError    a chat command was used wrongly
+     │    └── ResourceGone    a stored file's bytes are no longer kept
      ├── DuplicateEvent       a platform delivered the same event again (not an error to show)
      └── RateLimited          the platform asked us to wait `retry_after` seconds
 """
@@ -38,6 +39,10 @@ class PermissionDenied(UserFacingError):
 
 class CommandError(UserFacingError):
     """A chat command was called with arguments it cannot use."""
+
+
+class ResourceGone(UserFacingError):
+    """The bytes of a stored file are gone (deleted, or indexed before contents were kept)."""
 
 
 class DuplicateEvent(ThreadworkError):

@@ -27,6 +27,7 @@ DEFAULT_PLUGINS = (
     "plugins.routers.llm_classifier",
     "plugins.answer.claude",
     "plugins.commands",
+    "plugins.resources",
     "plugins.runs",
     "plugins.agents.opencode",
     "plugins.smalltalk",

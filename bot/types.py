@@ -243,7 +243,7 @@ class AgentRun:
 
 @dataclass(frozen=True)
 class Resource:
-    """A file a run made, uploaded into its thread and indexed."""
+    """A file, diff, log, image or answer a run made, uploaded into its thread and indexed."""
 
     id: int
     conversation_id: int
@@ -254,6 +254,30 @@ class Resource:
     kind: str = "file"
     platform_file_id: str | None = None
     created_at: datetime | None = None
+    media_type: str = "application/octet-stream"
+    #: Where it was made: its conversation's platform, channel and thread.
+    platform: str = ""
+    channel: str = ""
+    thread: str = ""
+    requested_by: str = ""
+    #: The platform's link to the uploaded file, once uploaded.
+    permalink: str | None = None
+
+    @property
+    def short_id(self) -> str:
+        """Return the id chat commands show and accept, e.g. `r42`."""
+        return f"r{self.id}"
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One resource found by a search, with the text around the match and its rank."""
+
+    resource: Resource
+    #: A short line of the text around the first matched word (or the path).
+    snippet: str
+    #: Higher is better; comparable only within one search.
+    score: float
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
-"""The built-in chat commands: the thread's 'resource browser' (help, history, threads, runs, files)."""
+"""The built-in chat commands about the conversation: help, history, threads, runs (files: plugins.resources)."""
 
 from __future__ import annotations
 
 from bot import constants
-from bot.db.repositories import Conversations, Resources, Runs
+from bot.db.repositories import Conversations, Runs
 from bot.errors import CommandError
 from bot.hookspecs import hookimpl
 from bot.types import Command, CommandContext
@@ -71,19 +71,6 @@ def runs(context: CommandContext) -> str:
     return "\n".join(lines)
 
 
-def files(context: CommandContext) -> str:
-    """List the files agents made in this thread."""
-    with context.engine.db.reading() as session:
-        rows = Resources(session).in_conversation(context.conversation.id)
-        listing = [(r.path, r.size, r.run_id) for r in rows]
-    if not listing:
-        return "No files in this thread yet."
-    lines = ["Files in this thread:"]
-    for path, size, run_id in listing:
-        lines.append(f"- `{path}` ({size:,} bytes, run {run_id})")
-    return "\n".join(lines)
-
-
 def _count(argument: str, default: int) -> int:
     if not argument.strip():
         return default
@@ -103,7 +90,6 @@ def register_commands() -> list[Command]:
         Command("history", "show this thread's last messages", history, usage="/history [count]"),
         Command("threads", "list this channel's threads", threads),
         Command("runs", "list this thread's agent runs", runs),
-        Command("files", "list the files agents made in this thread", files),
         Command("agent", "send the coding agent to work on a task in this thread's workspace", agent_usage,
                 usage="/agent <task>"),
         Command("ask", "answer in chat, never starting the agent", ask_usage, usage="/ask <question>"),

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import itertools
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from bot.config import Settings
-from bot.engine import Engine, set_current
+from bot.engine import Engine
 from bot.queue import InProcessQueue
 from tests.support import servers
+from tests.support.engines import REPO, EngineBuilder, bot_env, run_bot  # noqa: F401 (see below)
+from tests.support.ports import RecordingPort
 
-REPO = Path(__file__).resolve().parent.parent
+# REPO, bot_env and run_bot live in tests/support/engines.py; tests/adapters/test_console*.py and
+# console_support.py (being reworked elsewhere) still import them from here.
 
 # Fixtures of the local platform servers (tests/fakes), available to every test.
 pytest_plugins = [
@@ -89,33 +89,34 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         admin.dispose()
 
 
-def make_settings(tmp_path: Path, **env: str) -> Settings:
-    """Return settings for a throw-away data dir with the repo's manifest."""
-    base = {"BOT_DATA_DIR": str(tmp_path / "data"), "BOT_MANIFEST": str(REPO / "manifest.yml")}
-    return Settings.from_env({**base, **env})
+@pytest.fixture
+def engine_builder(tmp_path: Path) -> Iterator[EngineBuilder]:
+    """The one EngineBuilder of a test: every engine it builds is closed after the test."""
+    builder = EngineBuilder(tmp_path)
+    yield builder
+    builder.close()
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    """An engine on SQLite with the in-process queue, as the console bot runs."""
-    built = Engine.from_settings(make_settings(tmp_path), queue=InProcessQueue(), load_entrypoints=False)
-    set_current(built)
-    yield built
-    set_current(None)
-    built.close()
+def make_engine(engine_builder: EngineBuilder) -> EngineBuilder:
+    """Build engines on a throw-away data dir, each with a RecordingPort; all closed after the test.
+
+    `make_engine(settings=None, *, manifest={...}, queue=None, platform="test", **env)` returns
+    (engine, port); see tests/support/engines.py. A room may wrap it (tests/plugins/conftest.py).
+    """
+    return engine_builder
 
 
-def bot_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """Return an environment for running `python -m bot` in a subprocess on throw-away state."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DISCORD_", "ANTHROPIC_"))}
-    env.update({"BOT_DATA_DIR": str(tmp_path / "data"), "BOT_MANIFEST": str(REPO / "manifest.yml"),
-                "PYTHONPATH": str(REPO)})
-    env.update(extra)
-    return env
+@pytest.fixture
+def engine(engine_builder: EngineBuilder) -> Engine:
+    """An engine on SQLite with the in-process queue, as the console bot runs, a RecordingPort attached."""
+    built, _ = engine_builder(queue=InProcessQueue())
+    return built
 
 
-def run_bot(args: list[str], tmp_path: Path, *, input: str = "", timeout: float = 120,
-            **env: str) -> subprocess.CompletedProcess[str]:
-    """Run `python -m bot ARGS` as a user would, with stdin from `input`."""
-    return subprocess.run([sys.executable, "-m", "bot", *args], input=input, capture_output=True, text=True,
-                          timeout=timeout, env=bot_env(tmp_path, **env), cwd=REPO)
+@pytest.fixture
+def port(engine: Engine) -> RecordingPort:
+    """The RecordingPort the `engine` fixture posts to: the test thread as a person would see it."""
+    attached = engine.port_for("test")
+    assert isinstance(attached, RecordingPort)
+    return attached

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bot import constants, runs
 from bot import engine as engine_module
-from bot.db.repositories import Conversations, Resources, Runs
+from bot.db.repositories import Conversations, Runs
 from bot.engine import Engine
 from bot.errors import UserFacingError
 from bot.platforms import never_passed_to_agent
@@ -28,7 +28,6 @@ from bot.types import (
     AgentOutcome,
     AgentRun,
     AgentTask,
-    Attachment,
     Conversation,
     EventKind,
     Message,
@@ -38,6 +37,7 @@ from bot.types import (
     RunStatus,
     utcnow,
 )
+from workers import capture
 from workers import workspace as workspaces
 
 #: `workers.jobs` starts runs through this module; the lifecycle itself is `bot.runs`.
@@ -111,7 +111,7 @@ def _run_agent(engine: Engine, run: AgentRun, conversation: Conversation, progre
         prompt=TASK_TEMPLATE.format(request=run.prompt, context=context),
         state_dir=data_dir / "agent-state" / str(conversation.id),
         timeout_s=agent_settings.timeout_seconds,
-        session_id=conversation.agent_session_id,
+        session_id=_session_of(engine, conversation, run.agent),
         model=agent_settings.model,
         allow_webfetch=agent_settings.allow_webfetch,
         env=_passed_env(agent_settings.pass_env, engine.settings.env),
@@ -158,10 +158,12 @@ def _post_answer(engine: Engine, run: AgentRun, conversation: Conversation, answ
         return
     head = answer[: constants.REPLY_ATTACH_THRESHOLD // 4].rsplit("\n", 1)[0]
     engine.say(conversation, f"{head}\n\n(The full answer is attached: run-{run.id}-answer.md)", reply_to=reply_to)
-    engine.upload(conversation, Attachment(f"run-{run.id}-answer.md", answer.encode(), title=f"Run {run.id} answer"))
+    capture.publish(engine, run, conversation, f"run-{run.id}-answer.md", answer.encode(), kind="answer",
+                    comment=f"Run {run.id} answer")
 
 
 def _attach_changes(engine: Engine, run: AgentRun, conversation: Conversation, workspace: Path | None) -> int:
+    """Commit the run's changes, store and upload them, tell the thread what did not go up."""
     if workspace is None or not (workspace / ".git").is_dir():
         return 0
     try:
@@ -169,23 +171,11 @@ def _attach_changes(engine: Engine, run: AgentRun, conversation: Conversation, w
     except UserFacingError as exc:
         log.warning("run %s: %s", run.id, exc)
         return 0
-    attached = 0
-    for file in changes.files[: constants.RUN_MAX_ATTACHMENTS]:
-        file_id = None
-        if file.size <= constants.RUN_MAX_ATTACHMENT_BYTES:
-            try:
-                file_id = engine.upload(conversation, Attachment(Path(file.path).name, file.data, title=file.path,
-                                                                 comment=f"Run {run.id}: {file.path}"))
-                attached += 1
-            except Exception:  # boundary: one upload; the file stays indexed and in the workspace
-                log.exception("run %s: uploading %s failed", run.id, file.path)
-        with engine.db.session() as session:
-            Resources(session).add(conversation.id, file.path, run_id=run.id, size=file.size, sha256=file.sha256,
-                                   platform_file_id=file_id)
-    if changes.refused:
-        lines = [f"- `{refused.path}`: {refused.reason}, not uploaded" for refused in changes.refused]
-        engine.say(conversation, f"Run {run.id} made files that were not uploaded:\n" + "\n".join(lines))
-    return attached
+    captured = capture.capture_changes(engine, run, conversation, changes)
+    if captured.notices:
+        engine.say(conversation, f"Run {run.id} made files that were not uploaded:\n"
+                   + "\n".join(f"- {notice}" for notice in captured.notices))
+    return captured.uploaded
 
 
 def _attach_log(engine: Engine, run: AgentRun, conversation: Conversation, outcome: str) -> None:
@@ -197,11 +187,8 @@ def _attach_log(engine: Engine, run: AgentRun, conversation: Conversation, outco
         stamp = event.at.strftime("%H:%M:%S")
         detail = event.text if event.kind != EventKind.TOKENS else f"{event.tokens_in} in / {event.tokens_out} out"
         lines.append(f"- {stamp} {event.kind.value} {event.name} {event.status} {detail}".rstrip())
-    try:
-        engine.upload(conversation, Attachment(f"run-{run.id}-log.md", "\n".join(lines).encode(),
-                                               title=f"Run {run.id} log"))
-    except Exception:  # boundary: one upload; the events stay in the database
-        log.exception("run %s: uploading its log failed", run.id)
+    capture.publish(engine, run, conversation, f"run-{run.id}-log.md", "\n".join(lines).encode(), kind="log",
+                    comment=f"Run {run.id} log")
 
 
 class _Progress:
@@ -258,6 +245,13 @@ class _Progress:
     def finish(self, reply: Reply) -> None:
         """Land the final status, after any edit still pending."""
         self.live.finish(reply)
+
+
+def _session_of(engine: Engine, conversation: Conversation, agent: str) -> str | None:
+    """Return the session this agent's latest run in the conversation left (another agent's is no use to it)."""
+    with engine.db.reading() as session:
+        earlier = Runs(session).in_conversation(conversation.id)
+    return next((run.session_id for run in earlier if run.agent == agent and run.session_id), None)
 
 
 def _passed_env(names: list[str], environment: dict[str, str]) -> dict[str, str]:

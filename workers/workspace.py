@@ -46,6 +46,8 @@ class RunChanges:
 
     files: list[ChangedFile] = field(default_factory=list)
     refused: list[RefusedFile] = field(default_factory=list)
+    #: The run's commit as a unified diff ("" when it changed nothing).
+    diff: str = ""
 
 
 class UnsafeFile(Exception):
@@ -121,7 +123,7 @@ def commit_run(workspace: Path, run_id: int, prompt: str) -> RunChanges:
         return RunChanges()
     summary = " ".join(prompt.split())[:60]
     git(workspace, "commit", "--quiet", "-m", f"Run {run_id}: {summary}")
-    changes = RunChanges()
+    changes = RunChanges(diff=git(workspace, "show", "--format=", "--patch", "--no-color", "HEAD"))
     fields = status.split("\0")
     for flag, path in zip(fields[0::2], fields[1::2], strict=False):
         if flag not in ("A", "M", "T"):

@@ -7,6 +7,7 @@ from datetime import datetime
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -141,8 +142,28 @@ class RunEventRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class ResourceContentRow(Base):
+    """The bytes of a resource, kept once per sha256: small text inline, the rest as a blob file."""
+
+    __tablename__ = "resource_contents"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    media_type: Mapped[str] = mapped_column(String(200))
+    #: The content itself when it is UTF-8 text of at most `bot.db.blobs.INLINE_TEXT_LIMIT` bytes.
+    text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: True when the bytes live in the blob store (`blobs/ab/<sha256>` under the data dir).
+    in_blob: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class ResourceRow(Base):
-    """A file an agent made, uploaded into the thread and indexed here."""
+    """A file, diff, log, image or answer an agent made, uploaded into the thread and indexed here.
+
+    Searched through `resources_fts` (an FTS5 table, SQLite) or a `search` tsvector column with
+    a GIN index (PostgreSQL); both are made by migration 0003 and kept by `bot.db.search`, and
+    neither is mapped here: SQLAlchemy never reads or writes them.
+    """
 
     __tablename__ = "resources"
     __table_args__ = (Index("ix_resources_conversation", "conversation_id"),)
@@ -155,6 +176,31 @@ class ResourceRow(Base):
     size: Mapped[int] = mapped_column(BigInteger, default=0)
     sha256: Mapped[str] = mapped_column(String(64), default="")
     platform_file_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: The last part of the path, so `by_path` finds `report.md` for `docs/report.md`.
+    name: Mapped[str] = mapped_column(String(255), default="", server_default="")
+    media_type: Mapped[str] = mapped_column(String(200), default="application/octet-stream",
+                                            server_default="application/octet-stream")
+    requested_by: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    permalink: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    #: The stored bytes; None for rows indexed before contents were kept (revision 0002).
+    content_sha256: Mapped[str | None] = mapped_column(
+        ForeignKey("resource_contents.sha256", name="fk_resources_content_sha256"), nullable=True)
+
+
+class ResourceShareRow(Base):
+    """One time a resource was posted again, into this or another thread."""
+
+    __tablename__ = "resource_shares"
+    __table_args__ = (Index("ix_resource_shares_resource", "resource_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    resource_id: Mapped[int] = mapped_column(ForeignKey("resources.id", ondelete="CASCADE"))
+    platform: Mapped[str] = mapped_column(String(32))
+    channel: Mapped[str] = mapped_column(String(128))
+    thread: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    shared_by: Mapped[str] = mapped_column(String(200), default="")
+    platform_message_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

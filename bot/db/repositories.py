@@ -20,17 +20,16 @@ from bot.db.models import (
     MessageRow,
     ParticipantRow,
     ProcessedEventRow,
-    ResourceRow,
     RouteDecisionRow,
     RunEventRow,
 )
+from bot.db.resources import Resources  # noqa: F401 - re-exported: the repositories live together
 from bot.types import (
     AgentRun,
     Conversation,
     EventKind,
     HistoryEntry,
     MemoryItem,
-    Resource,
     Route,
     RouteDecision,
     RunEvent,
@@ -78,12 +77,6 @@ def _run(row: AgentRunRow) -> AgentRun:
 def _event(row: RunEventRow) -> RunEvent:
     return RunEvent(EventKind(row.kind), name=row.name, text=row.text, status=row.status, tokens_in=row.tokens_in,
                     tokens_out=row.tokens_out, cost=row.cost, raw=row.raw or {}, at=row.created_at)
-
-
-def _resource(row: ResourceRow) -> Resource:
-    return Resource(id=row.id, conversation_id=row.conversation_id, path=row.path, size=row.size, sha256=row.sha256,
-                    run_id=row.run_id, kind=row.kind, platform_file_id=row.platform_file_id,
-                    created_at=row.created_at)
 
 
 class Conversations:
@@ -363,28 +356,6 @@ class Runs:
         """Return every run in the given state, oldest first."""
         rows = self.s.scalars(select(AgentRunRow).where(AgentRunRow.state == state.value).order_by(AgentRunRow.id))
         return [_run(row) for row in rows]
-
-
-class Resources:
-    """Files agents made, as uploaded into threads."""
-
-    def __init__(self, session: Session) -> None:
-        self.s = session
-
-    def add(self, conversation_id: int, path: str, *, run_id: int | None = None, size: int = 0, sha256: str = "",
-            platform_file_id: str | None = None, kind: str = "file") -> int:
-        """Index one file; return its id."""
-        row = ResourceRow(conversation_id=conversation_id, run_id=run_id, path=path, size=size, sha256=sha256,
-                          platform_file_id=platform_file_id, kind=kind)
-        self.s.add(row)
-        self.s.flush()
-        return row.id
-
-    def in_conversation(self, conversation_id: int) -> list[Resource]:
-        """Return the conversation's files, newest first."""
-        rows = self.s.scalars(
-            select(ResourceRow).where(ResourceRow.conversation_id == conversation_id).order_by(ResourceRow.id.desc()))
-        return [_resource(row) for row in rows]
 
 
 class Memories:

@@ -23,8 +23,8 @@ from bot.engine import Engine, set_current
 from bot.progress import render_status
 from bot.queue import InProcessQueue
 from bot.types import Command, Reply, RunState, RunStatus, ThreadRef
-from tests.conftest import make_settings, run_bot
 from tests.fakes.discord_server import FakeDiscordServer, point_discord_py_at
+from tests.support.engines import EngineBuilder, make_settings, run_bot
 
 #: discord.py waits this long after the last GUILD_CREATE before it is ready (2 s by default).
 GUILD_READY_TIMEOUT = 0.05
@@ -39,11 +39,9 @@ def engine_for(server: FakeDiscordServer, tmp_path: Path, **env: str) -> Engine:
 
 
 @pytest.fixture
-def engine(discord_server: FakeDiscordServer, tmp_path: Path) -> Iterator[Engine]:
-    built = engine_for(discord_server, tmp_path)
-    yield built
-    set_current(None)
-    built.close()
+def engine(discord_server: FakeDiscordServer, make_engine: EngineBuilder) -> Engine:
+    built, _ = make_engine(queue=InProcessQueue(), DISCORD_TOKEN=discord_server.token, **discord_server.env)
+    return built
 
 
 @pytest.fixture
@@ -343,3 +341,37 @@ def test_an_agent_request_shows_its_status_through_its_states_and_attaches_the_f
     assert posted["components"] and status.components == []  # Cancel while it ran, gone at the end
     (attachment,) = [a for m in server.messages_in(thread) for a in m.attachments if a.filename == "hello.txt"]
     assert attachment.data == b"hello from the agent\n"
+
+
+@pytest.mark.opencode
+@pytest.mark.skipif(not _opencode_available(), reason="the pinned opencode binary is missing (npm install)")
+def test_a_file_over_discords_10_mib_goes_up_compressed_or_is_named_in_a_notice(
+        discord_server: FakeDiscordServer, tmp_path: Path) -> None:
+    from tests.fakes.openai_server import FakeOpenAIServer, Turn
+
+    server = discord_server
+    eleven_mib = 11 * 1024 * 1024
+    make_files = f"head -c {eleven_mib} /dev/zero > big.log && head -c {eleven_mib} /dev/urandom > noise.bin"
+    with FakeOpenAIServer([Turn.bash(make_files), Turn.text("Made two big files.")]) as model:
+        config = model.write_opencode_config(tmp_path / "opencode.json")
+        engine = engine_for(server, tmp_path, OPENCODE_CONFIG=str(config))
+        try:
+            with DiscordBot(engine, guild_ready_timeout=GUILD_READY_TIMEOUT) as bot:
+                engine.attach_port(bot.port)
+                thread = server.send_message_create(server.channel_id, mention(server, "/agent make big files")).id
+                server.wait_for(lambda: "Made two big files." in bot_posts(server, thread), timeout=120)
+                engine.queue.wait(timeout=30)
+        finally:
+            set_current(None)
+            engine.close()
+
+    attachments = {a.filename: a for m in server.messages_in(thread) for a in m.attachments}
+    import io
+    import zipfile
+
+    assert "big.log.zip" in attachments and "big.log" not in attachments  # compressed, it fits
+    with zipfile.ZipFile(io.BytesIO(attachments["big.log.zip"].data)) as archive:
+        assert archive.read("big.log") == b"\0" * eleven_mib
+    assert not any(name.startswith("noise.bin") for name in attachments)  # random bytes do not compress
+    notice = next(text for text in bot_posts(server, thread) if "noise.bin" in text)
+    assert "over this platform's 10.0 MiB upload limit even compressed; not uploaded" in notice

@@ -14,7 +14,7 @@ from adapters.discord_port import apply_url_overrides
 from bot.config import Manifest, Settings
 from bot.errors import ConfigError
 from bot.types import RunState, RunStatus
-from tests.conftest import make_settings, run_bot
+from tests.support.engines import make_settings, run_bot
 
 FENCE_SEAM = re.compile(r"``````[^\n]*\n")  # a fence the splitter closed, then reopened
 

@@ -17,26 +17,22 @@ from pathlib import Path
 import pytest
 
 from adapters.discord_port import DiscordPort
-from bot.engine import Engine, set_current
+from bot.engine import Engine
 from bot.errors import RateLimited
 from bot.progress import LiveMessage, render_status
 from bot.queue import InProcessQueue
 from bot.types import Attachment, Conversation, Reply, RunState, RunStatus, ThreadRef
-from tests.conftest import make_settings
 from tests.fakes.discord_server import FakeDiscordServer
+from tests.support.engines import EngineBuilder, make_settings
 
 PATCH_MESSAGE = r"^/channels/\d+/messages/\d+$"
 MiB = 1024 * 1024
 
 
 @pytest.fixture
-def engine(discord_server: FakeDiscordServer, tmp_path: Path) -> Iterator[Engine]:
-    settings = make_settings(tmp_path, DISCORD_TOKEN=discord_server.token, **discord_server.env)
-    built = Engine.from_settings(settings, queue=InProcessQueue(), load_entrypoints=False)
-    set_current(built)
-    yield built
-    set_current(None)
-    built.close()
+def engine(discord_server: FakeDiscordServer, make_engine: EngineBuilder) -> Engine:
+    built, _ = make_engine(queue=InProcessQueue(), DISCORD_TOKEN=discord_server.token, **discord_server.env)
+    return built
 
 
 @pytest.fixture

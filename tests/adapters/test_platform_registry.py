@@ -21,7 +21,7 @@ from bot.errors import ConfigError
 from bot.queue import InProcessQueue
 from bot.types import Reply, ThreadRef
 from tests.adapters.toy_platform import ToyPort
-from tests.conftest import REPO, bot_env, run_bot
+from tests.support.engines import REPO, bot_env, run_bot
 
 TOY_MODULE = "tests.adapters.toy_platform"
 #: Long enough to count as a secret (`Settings.secret_values` skips values under 6 characters).

@@ -29,9 +29,9 @@ from bot.engine import SOMETHING_WENT_WRONG, Engine, set_current
 from bot.hookspecs import hookimpl
 from bot.queue import InProcessQueue
 from bot.types import Message, Reply, RunState, RunStatus, ThreadRef
-from tests.conftest import REPO, bot_env, make_settings
 from tests.fakes.slack_fixtures import bolt_web_client, close_socket_mode
 from tests.fakes.slack_server import BOT_USER_ID, DEFAULT_USER_ID, FakeSlackServer, event_callback, sign_request
+from tests.support.engines import REPO, bot_env, make_settings
 
 CHANNEL = "C0DEV"
 #: Slack wants every ack within 3 s; on localhost ours should take a small fraction of that.

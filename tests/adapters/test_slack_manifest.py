@@ -17,7 +17,7 @@ from adapters.slack_manifest import (
     bot_scopes,
 )
 from bot.config import Manifest, load_manifest
-from tests.conftest import REPO, make_settings, run_bot
+from tests.support.engines import REPO, make_settings, run_bot
 
 #: Bolt calls this itself at start (the token check); everything else the adapter calls is in code.
 BOLT_METHODS = {"auth.test"}

@@ -21,9 +21,9 @@ from bot.errors import RateLimited
 from bot.progress import LiveMessage, render_status
 from bot.queue import InProcessQueue
 from bot.types import Attachment, Reply, RunState, RunStatus, ThreadRef
-from tests.conftest import make_settings
 from tests.fakes.slack_fixtures import bolt_web_client
 from tests.fakes.slack_server import FakeSlackServer
+from tests.support.engines import make_settings
 
 CHANNEL = "C0DEV"
 
@@ -85,7 +85,7 @@ def test_markdown_becomes_mrkdwn_and_code_is_left_alone() -> None:
 
 def test_slack_markup_comes_in_as_plain_text() -> None:
     text = "<@U0FAKEBOT> fix <https://x.example|x.example> per <https://doc.example/a|the doc> &lt;now&gt; in <#C1|dev>"
-    assert from_slack(text, "U0FAKEBOT") == "fix https://x.example per the doc (https://doc.example/a) <now> in #dev"
+    assert from_slack(text, "U0FAKEBOT") == "fix https://x.example per the doc (https://doc.example/a) <now> in <#C1|dev>"
 
 
 def test_long_texts_are_cut_with_their_code_fence_closed() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ast
 
-from tests.conftest import REPO
+from tests.support.engines import REPO
 
 #: Top-level packages the core must not import: they depend on it, never the reverse.
 FORBIDDEN = {"adapters", "plugins", "workers", "slack_bolt", "slack_sdk", "discord", "anthropic"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.conftest import run_bot
+from tests.support.engines import run_bot
 
 
 def test_agent_and_ask_without_a_request_show_their_usage_line(tmp_path: Path) -> None:

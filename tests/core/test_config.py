@@ -8,7 +8,7 @@ import pytest
 
 from bot.config import load_manifest
 from bot.errors import ConfigError
-from tests.conftest import REPO, run_bot
+from tests.support.engines import REPO, run_bot
 
 
 def test_the_shipped_manifest_is_valid() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tests.conftest import REPO, run_bot
+from tests.support.engines import REPO, run_bot
 
 PLUGIN = '''
 from bot.hookspecs import hookimpl

@@ -10,45 +10,11 @@ from bot.db.repositories import Memories, Messages
 from bot.engine import Engine
 from bot.hookspecs import hookimpl
 from bot.types import Attachment, Message, Reply, Route, RouteDecision, ThreadRef
-from tests.conftest import REPO, make_settings, run_bot
-
-WHERE = ThreadRef("test", "C1", "T1")
-
-
-class RecordingPort:
-    """A chat port that keeps what the bot posted, as a platform would show it."""
-
-    platform = "test"
-
-    def __init__(self) -> None:
-        self.posts: list[str] = []
-        self.edits: list[tuple[str, str]] = []
-        self.files: list[Attachment] = []
-
-    def post(self, where: ThreadRef, reply: Reply) -> str:
-        self.posts.append(reply.text)
-        return f"m{len(self.posts)}"
-
-    def edit(self, where: ThreadRef, message_id: str, reply: Reply) -> None:
-        self.edits.append((message_id, reply.text))
-
-    def upload(self, where: ThreadRef, attachment: Attachment) -> str:
-        self.files.append(attachment)
-        return f"f{len(self.files)}"
+from tests.support.engines import REPO, EngineBuilder, make_settings, message, run_bot
+from tests.support.ports import RecordingPort
 
 
-def message(text: str, user: str = "U1", external_id: str | None = None) -> Message:
-    return Message(where=WHERE, text=text, user_id=user, user_name="ana", external_id=external_id)
-
-
-def attached(engine: Engine) -> RecordingPort:
-    port = RecordingPort()
-    engine.attach_port(port)
-    return port
-
-
-def test_a_command_is_answered_in_dispatch_and_both_messages_are_stored(engine: Engine) -> None:
-    port = attached(engine)
+def test_a_command_is_answered_in_dispatch_and_both_messages_are_stored(engine: Engine, port: RecordingPort) -> None:
     dispatched = engine.dispatch(message("/help"))
     assert dispatched.decision.route == Route.COMMAND and dispatched.job_id is None
     assert "/history [count]" in port.posts[0]
@@ -56,16 +22,14 @@ def test_a_command_is_answered_in_dispatch_and_both_messages_are_stored(engine: 
     assert [(e.role, e.route) for e in history] == [("user", "command"), ("assistant", None)]
 
 
-def test_a_redelivered_message_is_not_handled_twice(engine: Engine) -> None:
-    port = attached(engine)
+def test_a_redelivered_message_is_not_handled_twice(engine: Engine, port: RecordingPort) -> None:
     first = engine.dispatch(message("/help", external_id="ev-1"))
     again = engine.dispatch(message("/help", external_id="ev-1"))
     assert again.duplicate and again.message_id == first.message_id
     assert len(port.posts) == 1
 
 
-def test_a_plain_question_is_enqueued_and_answered_by_the_job(engine: Engine) -> None:
-    port = attached(engine)
+def test_a_plain_question_is_enqueued_and_answered_by_the_job(engine: Engine, port: RecordingPort) -> None:
     dispatched = engine.dispatch(message("why is the build slow?"))
     assert dispatched.decision.stage == "fallback" and dispatched.decision.tentative
     assert dispatched.job_id == f"message-{dispatched.message_id}"
@@ -84,7 +48,6 @@ class AlwaysAgentRouter:
 
 
 def test_a_third_party_router_overrides_the_default_but_not_explicit_commands(engine: Engine) -> None:
-    attached(engine)
     engine.pm.register(AlwaysAgentRouter(), name="always-agent")
     plain = engine.dispatch(message("please look at the logs"))
     assert (plain.decision.route, plain.decision.stage) == (Route.AGENT, "third-party")
@@ -102,7 +65,6 @@ class Classifier:
 
 
 def test_classify_message_replaces_a_tentative_decision_in_the_job(engine: Engine) -> None:
-    attached(engine)
     engine.pm.register(Classifier(), name="classifier")
     dispatched = engine.dispatch(message("hmm, thoughts on the retry logic?"))
     engine.queue.wait([dispatched.job_id], 30)
@@ -121,8 +83,7 @@ class Answerer:
         return "The answer is 42."
 
 
-def test_answer_message_streams_edits_and_remember_keeps_the_exchange(engine: Engine) -> None:
-    port = attached(engine)
+def test_answer_message_streams_edits_and_remember_keeps_the_exchange(engine: Engine, port: RecordingPort) -> None:
     answerer = Answerer()
     engine.pm.register(answerer, name="answerer")
     engine.dispatch(message("hello"))  # some thread history to recall
@@ -139,7 +100,6 @@ def test_answer_message_streams_edits_and_remember_keeps_the_exchange(engine: En
 
 
 def test_recall_brings_back_an_exchange_from_another_thread_of_the_channel(engine: Engine) -> None:
-    attached(engine)
     other = Message(where=ThreadRef("test", "C1", "T0"), text="how do we deploy the billing service?",
                     user_id="U2", user_name="bo")
     first = engine.dispatch(other)
@@ -200,45 +160,34 @@ def test_report_progress_is_called_for_every_implementation(engine: Engine) -> N
     assert received == [(7, EventKind.TEXT)]
 
 
-def test_chat_port_hook_gives_workers_a_port_for_the_console_over_redis(tmp_path: Path, redis_url: str) -> None:
+def test_chat_port_hook_gives_workers_a_port_for_the_console_over_redis(make_engine: EngineBuilder,
+                                                                         redis_url: str) -> None:
     from adapters.console import RemoteConsolePort
 
-    built = Engine.from_settings(make_settings(tmp_path, REDIS_URL=redis_url), load_entrypoints=False)
-    try:
-        assert isinstance(built.hook.chat_port(platform="console", engine=built), RemoteConsolePort)
-        assert isinstance(built.port_for("console"), RemoteConsolePort)
-        assert built.hook.chat_port(platform="nowhere", engine=built) is None
-    finally:
-        built.close()
+    built, _ = make_engine(REDIS_URL=redis_url)
+    assert isinstance(built.hook.chat_port(platform="console", engine=built), RemoteConsolePort)
+    assert isinstance(built.port_for("console"), RemoteConsolePort)
+    assert built.hook.chat_port(platform="nowhere", engine=built) is None
 
 
-def test_secrets_never_reach_the_chat(tmp_path: Path) -> None:
+def test_secrets_never_reach_the_chat(make_engine: EngineBuilder) -> None:
     token = "xoxb-1111-2222-abcdefghijklmnop"
-    built = Engine.from_settings(make_settings(tmp_path, SLACK_BOT_TOKEN=token, ANTHROPIC_API_KEY="sk-ant-secret-value-123"),
-                                 load_entrypoints=False)
-    try:
-        port = attached(built)
-        conversation = built.dispatch(message("/help")).conversation
-        built.say(conversation, f"the token is {token} and the key is sk-ant-secret-value-123")
-        built.upload(conversation, Attachment("log.txt", f"token={token}\n".encode()))
-        assert token not in port.posts[-1] and "sk-ant-secret" not in port.posts[-1]
-        assert "[redacted]" in port.posts[-1]
-        assert port.files[-1].data == b"token=[redacted]\n"
-        assert token not in "".join(e.text for e in built.history(conversation.id))
-    finally:
-        built.close()
+    built, port = make_engine(SLACK_BOT_TOKEN=token, ANTHROPIC_API_KEY="sk-ant-secret-value-123")
+    conversation = built.dispatch(message("/help")).conversation
+    built.say(conversation, f"the token is {token} and the key is sk-ant-secret-value-123")
+    built.upload(conversation, Attachment("log.txt", f"token={token}\n".encode()))
+    assert token not in port.posts[-1] and "sk-ant-secret" not in port.posts[-1]
+    assert "[redacted]" in port.posts[-1]
+    assert port.files[-1].data == b"token=[redacted]\n"
+    assert token not in "".join(e.text for e in built.history(conversation.id))
 
 
-def test_trace_plugins_logs_every_hook_call(tmp_path: Path, caplog) -> None:
-    built = Engine.from_settings(make_settings(tmp_path, BOT_TRACE_PLUGINS="1"), load_entrypoints=False)
-    try:
-        attached(built)
-        with caplog.at_level(logging.INFO, logger="bot.plugins"):
-            built.dispatch(message("/help"))
-        assert any("hook route_message(" in record.getMessage() for record in caplog.records)
-        assert any("hook route_message returned" in record.getMessage() for record in caplog.records)
-    finally:
-        built.close()
+def test_trace_plugins_logs_every_hook_call(make_engine: EngineBuilder, caplog) -> None:
+    built, _ = make_engine(BOT_TRACE_PLUGINS="1")
+    with caplog.at_level(logging.INFO, logger="bot.plugins"):
+        built.dispatch(message("/help"))
+    assert any("hook route_message(" in record.getMessage() for record in caplog.records)
+    assert any("hook route_message returned" in record.getMessage() for record in caplog.records)
 
 
 class PingPlugin:
@@ -265,7 +214,8 @@ def test_register_commands_adds_a_plugin_command_to_dispatch_and_help(tmp_path: 
     db.migrate()
     built = Engine(settings, manifest, db, InProcessQueue(), pm)
     try:
-        port = attached(built)
+        port = RecordingPort()
+        built.attach_port(port)
         names = [c.name for commands in built.hook.register_commands() for c in commands]
         assert "ping" in names and "help" in names
         built.dispatch(message("/ping hello"))

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import bot
-from tests.conftest import REPO
+from tests.support.engines import REPO
 
 #: Core modules a plugin may import besides `bot` itself: the contract's own modules, the
 #: helpers plugins share with the core (rendering, memory budgets), and the repositories

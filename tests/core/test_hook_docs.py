@@ -6,7 +6,7 @@ import inspect
 import re
 
 from bot import hookspecs
-from tests.conftest import REPO
+from tests.support.engines import REPO
 
 HOOKS = sorted(
     name for name, value in vars(hookspecs).items()

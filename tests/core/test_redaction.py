@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bot.redaction import REDACTED, Redactor
+from tests.support.engines import message
 
 # Secrets of the shapes the bot knows, none of them configured in the bot.
 FOREIGN_SECRETS = {
@@ -42,30 +43,9 @@ def test_the_bots_own_secrets_are_replaced_whatever_their_shape() -> None:
 
 
 def test_a_token_pasted_into_the_chat_is_stored_redacted(engine) -> None:
-    from bot.types import Message, ThreadRef
-
     token = FOREIGN_SECRETS["anthropic key"]
-    engine.attach_port(_Quiet())
-    engine.dispatch(Message(where=ThreadRef("quiet", "C1", "T1"), text=f"/history here is my key {token}", user_id="U1"))
+    engine.dispatch(message(f"/history here is my key {token}"))
     history = engine.history(1)
     assert history and all(token not in entry.text for entry in history)
     assert any("[redacted]" in entry.text for entry in history)
 
-
-class _Quiet:
-    """A chat port that keeps what it was given."""
-
-    platform = "quiet"
-
-    def __init__(self) -> None:
-        self.posts: list[str] = []
-
-    def post(self, where, reply) -> str:
-        self.posts.append(reply.text)
-        return str(len(self.posts))
-
-    def edit(self, where, message_id, reply) -> None:
-        self.posts.append(reply.text)
-
-    def upload(self, where, attachment) -> str:
-        return "f"

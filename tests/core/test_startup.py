@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from bot.db import Database, head_revision
-from tests.conftest import REPO, bot_env
 from tests.fakes.anthropic_server import FakeAnthropicServer
+from tests.support.engines import REPO, bot_env
 
 #: Packages `chat` must not import before they are needed: the LLM SDK, the platform SDKs, the
 #: Redis queue (no REDIS_URL) and the terminal view's libraries (stdin is a pipe).

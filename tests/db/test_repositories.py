@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bot.db import Database
+from bot.db import Database, head_revision
 from bot.db.inbox import Inbox
 from bot.db.repositories import (
     Conversations,
@@ -27,7 +27,7 @@ WHERE = ThreadRef("slack", "C042", "1700000000.000100")
 @pytest.fixture
 def db(database_url: str) -> Iterator[Database]:
     database = Database(database_url)
-    assert database.migrate() == "0002"
+    assert database.migrate() == head_revision()
     yield database
     database.close()
 
@@ -35,7 +35,7 @@ def db(database_url: str) -> Iterator[Database]:
 def test_migrations_create_one_table_per_idea(db: Database) -> None:
     assert {"conversations", "participants", "messages", "route_decisions", "agent_runs", "run_events",
             "resources", "memories", "processed_events", "alembic_version"} <= set(db.check())
-    assert db.migrate() == "0002"  # running again changes nothing
+    assert db.migrate() == head_revision()  # running again changes nothing
 
 
 def add(db: Database, conversation_id: int, role: str, text: str, **values) -> int:

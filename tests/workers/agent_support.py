@@ -4,53 +4,21 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from bot.config import Settings
-from bot.engine import Engine, set_current
-from bot.types import Attachment, Message, Reply, ThreadRef
-from tests.conftest import REPO
+from bot.engine import Engine
+from bot.types import Message
 from tests.fakes.openai_fixtures import opencode_available
 from tests.fakes.openai_server import FakeOpenAIServer
+from tests.support.engines import REPO, WHERE, make_settings
 
 requires_opencode = pytest.mark.skipif(
     not opencode_available(), reason="the pinned opencode binary is missing: run `npm install` in the checkout"
 )
-
-WHERE = ThreadRef("test", "C1", "T1")
-
-
-class ThreadView:
-    """A chat port that records the thread as a person would see it: posts, edits, files."""
-
-    platform = "test"
-
-    def __init__(self) -> None:
-        self.messages: dict[str, list[Reply]] = {}
-        self.order: list[str] = []
-        self.files: list[Attachment] = []
-
-    def post(self, where: ThreadRef, reply: Reply) -> str:
-        message_id = f"m{len(self.order) + 1}"
-        self.order.append(message_id)
-        self.messages[message_id] = [reply]
-        return message_id
-
-    def edit(self, where: ThreadRef, message_id: str, reply: Reply) -> None:
-        self.messages[message_id].append(reply)
-
-    def upload(self, where: ThreadRef, attachment: Attachment) -> str:
-        self.files.append(attachment)
-        return f"f{len(self.files)}"
-
-    def texts(self, message_id: str) -> list[str]:
-        return [reply.text for reply in self.messages[message_id]]
-
-    def last(self, message_id: str) -> str:
-        return self.messages[message_id][-1].text
 
 
 def agent_settings(tmp_path: Path, model: FakeOpenAIServer, manifest_extra: str = "", **env: str) -> Settings:
@@ -59,17 +27,8 @@ def agent_settings(tmp_path: Path, model: FakeOpenAIServer, manifest_extra: str 
     model.write_opencode_config(config)
     manifest = tmp_path / "manifest.yml"
     manifest.write_text((REPO / "manifest.yml").read_text() + manifest_extra)
-    base = {"BOT_DATA_DIR": str(tmp_path / "data"), "BOT_MANIFEST": str(manifest), "OPENCODE_CONFIG": str(config),
-            "PATH": os.environ.get("PATH", "")}
-    return Settings.from_env({**base, **env})
-
-
-def make_engine(settings: Settings, queue=None) -> tuple[Engine, ThreadView]:
-    engine = Engine.from_settings(settings, queue=queue, load_entrypoints=False)
-    set_current(engine)
-    view = ThreadView()
-    engine.attach_port(view)
-    return engine, view
+    base = {"BOT_MANIFEST": str(manifest), "OPENCODE_CONFIG": str(config), "PATH": os.environ.get("PATH", "")}
+    return make_settings(tmp_path, **{**base, **env})
 
 
 def ask(engine: Engine, text: str, user: str = "U1", name: str = "ana") -> int:
@@ -102,10 +61,3 @@ def processes_with(fragment: str, *, starting: bool = False) -> list[int]:
                 found.append(int(entry.name))
     return found
 
-
-def closing(engine: Engine) -> Iterator[Engine]:
-    try:
-        yield engine
-    finally:
-        set_current(None)
-        engine.close()

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from bot.types import RunState
-from tests.conftest import REPO, run_bot
 from tests.fakes.anthropic_server import FakeAnthropicServer
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.workers.agent_support import agent_settings, ask, make_engine, processes_with, requires_opencode
+from tests.support.engines import REPO, EngineBuilder, run_bot
+from tests.workers.agent_support import agent_settings, ask, processes_with, requires_opencode
 
 
 def closed_port() -> int:
@@ -107,26 +107,24 @@ def test_without_a_model_doctor_warns_and_a_missing_binary_is_only_a_warning(tmp
 
 
 @requires_opencode
-def test_a_run_whose_model_cannot_be_reached_fails_at_once_with_the_reason(tmp_path: Path) -> None:
+def test_a_run_whose_model_cannot_be_reached_fails_at_once_with_the_reason(tmp_path: Path,
+                                                                          make_engine: EngineBuilder) -> None:
     unreachable = FakeOpenAIServer(port=closed_port())  # configured, never started
     engine, view = make_engine(agent_settings(tmp_path, unreachable))
-    try:
-        ask(engine, "/agent write hello.py")
-        engine.queue.wait(timeout=60)
-        with engine.db.reading() as session:
-            from bot.db.repositories import Runs
+    ask(engine, "/agent write hello.py")
+    engine.queue.wait(timeout=60)
+    with engine.db.reading() as session:
+        from bot.db.repositories import Runs
 
-            run = Runs(session).get(1)
-            events = Runs(session).events(1)
-        assert run.state == RunState.FAILED
-        assert f"cannot be reached at {unreachable.base_url} (connection refused)" in run.error
-        assert "cannot be reached" in view.last(view.order[0])
-        assert events == []  # opencode never started to retry for a minute
-        assert not processes_with(f"opencode run --format json --dir {tmp_path}")
-        log = next(f for f in view.files if f.filename == "run-1-log.md")
-        assert b"connection refused" in log.data  # the attached log says why, not only what was asked
-    finally:
-        engine.close()
+        run = Runs(session).get(1)
+        events = Runs(session).events(1)
+    assert run.state == RunState.FAILED
+    assert f"cannot be reached at {unreachable.base_url} (connection refused)" in run.error
+    assert "cannot be reached" in view.last(view.order[0])
+    assert events == []  # opencode never started to retry for a minute
+    assert not processes_with(f"opencode run --format json --dir {tmp_path}")
+    log = next(f for f in view.files if f.filename == "run-1-log.md")
+    assert b"connection refused" in log.data  # the attached log says why, not only what was asked
 
 
 def test_the_readme_openai_compatible_config_resolves_its_key_from_the_passed_environment() -> None:

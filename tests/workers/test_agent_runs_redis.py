@@ -15,9 +15,9 @@ from sqlalchemy import text
 
 from bot.db.repositories import Runs
 from bot.types import Message, RunState, ThreadRef
-from tests.conftest import REPO, run_bot
 from tests.fakes.openai_server import FakeOpenAIServer, Turn
-from tests.workers.agent_support import agent_settings, make_engine, processes_with, requires_opencode, wait_until
+from tests.support.engines import REPO, EngineBuilder, run_bot
+from tests.workers.agent_support import agent_settings, processes_with, requires_opencode, wait_until
 
 pytestmark = requires_opencode
 
@@ -67,14 +67,15 @@ def test_rq_workers_run_the_agent_and_the_console_sees_every_edit(tmp_path: Path
     assert (tmp_path / "data" / "workspaces" / "1" / "app.py").read_text() == "print(40 + 2)\n"
 
 
-def test_a_killed_worker_leaves_no_run_shown_as_running(tmp_path: Path, model, redis_url: str) -> None:
+def test_a_killed_worker_leaves_no_run_shown_as_running(tmp_path: Path, model, redis_url: str,
+                                                        make_engine: EngineBuilder) -> None:
     marker = "sleep 297"
     model.script(Turn.bash(marker, timeout_ms=600_000), Turn.text("never reached"))
     settings = agent_settings(tmp_path, model, manifest_extra="", REDIS_URL=redis_url)
     manifest = Path(settings.manifest_path)
     manifest.write_text(manifest.read_text().replace("stale_after_seconds: 30", "stale_after_seconds: 5"))
     doomed = start_worker(settings, "doomed-worker")
-    engine, _view = make_engine(settings, queue=None)
+    engine, _view = make_engine(settings)  # jobs go to Redis, for the worker processes
     rescuer = None
     try:
         where = ThreadRef("console", "local", "kill-test")
@@ -106,4 +107,3 @@ def test_a_killed_worker_leaves_no_run_shown_as_running(tmp_path: Path, model, r
         stop(doomed)
         if rescuer:
             stop(rescuer)
-        engine.close()

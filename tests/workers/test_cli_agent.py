@@ -9,35 +9,26 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from bot.db.repositories import Runs
 from bot.engine import Engine
 from bot.types import AgentTask, RunState
 from plugins.agents.cli_runner import CliInvocation, agent_environment, run_cli
-from tests.conftest import REPO, make_settings
-from tests.workers.agent_support import ThreadView, ask, make_engine, processes_with, wait_until
+from tests.support.engines import EngineBuilder
+from tests.support.ports import RecordingPort
+from tests.workers.agent_support import ask, processes_with, wait_until
 from tests.workers.toy_agent_plugin import SCRIPT, ToyAgent, parse_line
 
 PLUGIN = "tests.workers.toy_agent_plugin"
 
 
 @pytest.fixture
-def toy(tmp_path: Path) -> Iterator[tuple[Engine, ThreadView]]:
-    manifest = yaml.safe_load((REPO / "manifest.yml").read_text())
-    manifest["plugins"]["modules"] = [PLUGIN]
-    manifest["agent"]["name"] = "toy"
-    path = tmp_path / "manifest.yml"
-    path.write_text(yaml.safe_dump(manifest))
-    engine, view = make_engine(make_settings(tmp_path, BOT_MANIFEST=str(path)))
-    try:
-        yield engine, view
-    finally:
-        engine.close()
+def toy(make_engine: EngineBuilder) -> tuple[Engine, RecordingPort]:
+    """An engine whose agent is the toy, loaded from the manifest like third-party code."""
+    return make_engine(manifest={"plugins": {"modules": [PLUGIN]}, "agent": {"name": "toy"}})
 
 
 def state_of(engine: Engine, run_id: int) -> RunState:
@@ -45,8 +36,8 @@ def state_of(engine: Engine, run_id: int) -> RunState:
         return Runs(session).get(run_id).state
 
 
-def status_messages(view: ThreadView) -> list[str]:
-    return [m for m in view.order if "**Agent run" in view.messages[m][0].text]
+def status_messages(view: RecordingPort) -> list[str]:
+    return [m for m in view.order if "**Agent run" in view.texts(m)[0]]
 
 
 def test_a_toy_cli_agent_plugin_runs_to_done_and_a_second_run_is_cancelled(toy) -> None:

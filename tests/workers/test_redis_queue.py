@@ -10,7 +10,7 @@ from pathlib import Path
 from redis import Redis
 from rq.job import Job
 
-from tests.conftest import REPO, bot_env, run_bot
+from tests.support.engines import REPO, EngineBuilder, bot_env, message, run_bot
 
 
 def start_worker(tmp_path: Path, redis_url: str, name: str) -> tuple[subprocess.Popen[str], str]:
@@ -73,21 +73,25 @@ def test_an_unreachable_redis_is_one_plain_line(tmp_path: Path) -> None:
     assert result.returncode == 2
 
 
-def test_with_no_worker_listening_the_thread_and_doctor_say_so(tmp_path: Path, redis_url: str) -> None:
-    from bot.engine import NO_WORKER, Engine
-    from bot.types import Message, ThreadRef
-    from tests.conftest import make_settings
-    from tests.workers.agent_support import ThreadView
+def test_with_no_worker_listening_the_thread_and_doctor_say_so(tmp_path: Path, redis_url: str,
+                                                                make_engine: EngineBuilder) -> None:
+    from bot.engine import NO_WORKER
 
-    engine = Engine.from_settings(make_settings(tmp_path, REDIS_URL=redis_url), load_entrypoints=False)
-    view = ThreadView()
-    engine.attach_port(view)
-    try:
-        engine.receive(Message(where=ThreadRef("test", "C1", "T1"), text="what does the nightly job do?", user_id="U1"))
-    finally:
-        engine.close()
+    engine, view = make_engine(REDIS_URL=redis_url)
+    engine.receive(message("what does the nightly job do?"))
+    engine.close()
     assert [view.last(m) for m in view.order] == [NO_WORKER]
     doctor = run_bot(["doctor", "--offline"], tmp_path, REDIS_URL=redis_url)
     assert "FAIL workers   no worker is listening" in doctor.stdout
     assert "fix: start `python -m bot worker`" in doctor.stdout
     assert doctor.stderr.strip().splitlines() == ["error: 1 check failed: workers"] and doctor.returncode == 2
+
+
+def test_piped_chat_with_no_worker_says_so_and_does_not_hang(tmp_path: Path, redis_url: str) -> None:
+    from bot.engine import NO_WORKER
+
+    chat = run_bot(["chat"], tmp_path, input="what does the nightly job do?\nhelp\n", REDIS_URL=redis_url, timeout=60)
+    assert chat.returncode == 0, chat.stderr
+    lines = chat.stdout.splitlines()
+    assert any(line.endswith(NO_WORKER) for line in lines)
+    assert any("/history" in line for line in lines)  # the next line was still handled: the help came

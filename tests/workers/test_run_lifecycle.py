@@ -6,7 +6,8 @@ from bot import constants, runs
 from bot.db.repositories import Conversations, Runs
 from bot.queue import resolve
 from bot.types import EventKind, Reply, RunEvent, RunState, RunStatus
-from tests.workers.agent_support import WHERE, ThreadView
+from tests.support.engines import WHERE
+from tests.support.ports import RecordingPort
 
 
 def test_the_run_job_the_core_names_is_the_workers_run_agent() -> None:
@@ -32,25 +33,23 @@ def test_events_fold_into_the_status_a_person_sees() -> None:
     assert status.note == "Error: rate limited"
 
 
-def _queued_run(engine, view: ThreadView, prompt: str = "do it") -> int:
+def _queued_run(engine, port: RecordingPort, prompt: str = "do it") -> int:
     """Return the id of a new queued run in the test thread, its status message posted."""
     with engine.db.session() as session:
         conversation = Conversations(session).ensure(WHERE)
         run, _ = Runs(session).create(conversation.id, "toy", prompt, requested_by="ana")
-    message_id = view.post(WHERE, Reply("queued"))
+    message_id = port.post(WHERE, Reply("queued"))
     with engine.db.session() as session:
         Runs(session).set(run.id, status_message_id=message_id)
     return run.id
 
 
-def test_cancelling_a_queued_run_ends_it_once_and_says_who(engine) -> None:
-    view = ThreadView()
-    engine.attach_port(view)
-    run_id = _queued_run(engine, view)
+def test_cancelling_a_queued_run_ends_it_once_and_says_who(engine, port: RecordingPort) -> None:
+    run_id = _queued_run(engine, port)
     with engine.db.reading() as session:
         run = Runs(session).get(run_id)
     assert runs.cancel(engine, run, "bo") == RunState.QUEUED
-    final = view.last(view.order[0])
+    final = port.last(port.order[0])
     assert final.startswith(f"⏹️ **Agent run {run_id}** · cancelled") and "Cancelled by bo before it started." in final
     assert runs.cancel(engine, run, "cy") is None  # it has ended: nothing changes
     with engine.db.reading() as session:
@@ -58,26 +57,22 @@ def test_cancelling_a_queued_run_ends_it_once_and_says_who(engine) -> None:
     assert not runs.claim(engine, run_id)
 
 
-def test_finishing_a_run_shows_its_stored_steps_and_happens_once(engine) -> None:
-    view = ThreadView()
-    engine.attach_port(view)
-    run_id = _queued_run(engine, view)
+def test_finishing_a_run_shows_its_stored_steps_and_happens_once(engine, port: RecordingPort) -> None:
+    run_id = _queued_run(engine, port)
     assert runs.claim(engine, run_id)
     with engine.db.session() as session:
         Runs(session).add_event(run_id, 1, RunEvent(EventKind.TOOL, name="write", text="wrote `a.py`",
                                                     status="completed"))
     assert runs.finish_run(engine, run_id, RunState.FAILED, error="worker stopped")
-    final = view.last(view.order[0])
+    final = port.last(port.order[0])
     assert final.startswith(f"❌ **Agent run {run_id}** · failed") and "✓ wrote `a.py`" in final
     assert "Failed: worker stopped" in final
     assert not runs.finish_run(engine, run_id, RunState.DONE)  # a final state is final
-    assert len(view.messages[view.order[0]]) == 2
+    assert len(port.texts(port.order[0])) == 2
 
 
-def test_the_next_queued_run_of_a_thread_is_claimed_only_in_its_turn(engine) -> None:
-    view = ThreadView()
-    engine.attach_port(view)
-    first, second = _queued_run(engine, view, "one"), _queued_run(engine, view, "two")
+def test_the_next_queued_run_of_a_thread_is_claimed_only_in_its_turn(engine, port: RecordingPort) -> None:
+    first, second = _queued_run(engine, port, "one"), _queued_run(engine, port, "two")
     assert not runs.claim(engine, second)  # the older one goes first
     assert runs.claim(engine, first)
     assert not runs.claim(engine, second)  # one at a time per thread

@@ -8,7 +8,7 @@ from bot import constants
 from bot.db.repositories import Memories
 from plugins.answer.claude import ATTACHMENT_NAME, WRITING_MARK
 from tests.fakes.anthropic_server import FakeAnthropicServer
-from tests.orchestrator.conftest import EngineFactory, dispatch_and_wait, rows
+from tests.support.engines import EngineFactory, dispatch_and_wait, rows
 from workers.jobs import NO_MODEL_CONFIGURED
 
 ANSWER = ("A **race condition** is when the result depends on the timing of threads that share state.\n\n"
@@ -26,7 +26,7 @@ def test_a_streamed_answer_arrives_as_edits_of_one_message_and_is_stored(
     anthropic_server.script.text(ANSWER, chunk_size=10, delay=0.03)
     dispatched = dispatch_and_wait(engine, "/ask what is a race condition?")
 
-    versions = port.shown("m1")
+    versions = port.replies("m1")
     assert versions[0].text == WRITING_MARK and versions[0].partial
     partials = versions[1:-1]
     assert len(partials) >= 2, "the answer should be seen growing"
@@ -133,7 +133,7 @@ def test_a_long_answer_keeps_its_head_in_the_message_and_attaches_the_whole(
     dispatch_and_wait(engine, "/ask explain the whole design")
     shown = port.final_texts["m1"]
     assert len(shown) <= constants.REPLY_ATTACH_THRESHOLD + 200 and "attached as `answer.md`" in shown
-    (upload,) = [item for kind, _, item in port.events if kind == "upload"]
+    (upload,) = port.files
     assert upload.filename == ATTACHMENT_NAME and upload.data.decode() == long_answer
 
 

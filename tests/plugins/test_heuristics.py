@@ -11,7 +11,6 @@ from bot.db.repositories import Runs
 from bot.engine import Engine
 from bot.hookspecs import hookimpl
 from bot.types import Message, Route, RouteDecision, ThreadRef
-from tests.orchestrator.conftest import RecordingPort
 
 PROPOSAL = ("The 500s come from `OrderSerializer` calling `.total` on orders with no lines. I can start the "
             "coding agent to guard that case and add a test. Want me to go ahead?")
@@ -32,7 +31,6 @@ def route(engine: Engine, text: str, where: ThreadRef = WHERE) -> RouteDecision:
 def thread(engine: Engine, name: str, *turns: tuple[str, str]) -> ThreadRef:
     """Store a thread's earlier messages ("user" or "bot", text); return where it lives."""
     where = ThreadRef("test", "C1", name)
-    engine.attach_port(RecordingPort())
     for who, text in turns:
         if who == "user":
             route(engine, text, where)

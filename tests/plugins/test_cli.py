@@ -1,4 +1,4 @@
-"""The orchestrator as an operator and a user meet it: `bot chat` and `bot route`, in subprocesses."""
+"""The built-in routers and direct answers as a user meets them: `bot chat` and `bot route`, in subprocesses."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import sqlite3
 from pathlib import Path
 
 from plugins.answer.claude import WRITING_MARK
-from tests.conftest import run_bot
 from tests.fakes.anthropic_server import Block, FakeAnthropicServer, default_answer, forced_tool
 from tests.fakes.anthropic_server import Reply as ScriptedReply
+from tests.support.engines import run_bot
 
 QUESTION = "can you explain what a race condition is?"
 ANSWER = ("A race condition is a bug where the outcome depends on the timing of threads or processes that "
@@ -23,7 +23,8 @@ def test_a_streamed_answer_arrives_in_the_console_as_edits_and_is_persisted(
     # a classification (should one be asked) gets the schema's default.
     anthropic_server.set_default(lambda body: default_answer(body) if forced_tool(body) else
                                  ScriptedReply([Block("text", text=ANSWER)], chunk_size=8, delay=0.12))
-    result = run_bot(["chat"], tmp_path, input=f"{QUESTION}\n", **anthropic_server.env())
+    # --concurrent prints every edit as it lands (the default piped mode prints each stage once).
+    result = run_bot(["chat", "--concurrent"], tmp_path, input=f"{QUESTION}\n", **anthropic_server.env())
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stdout + result.stderr
 
@@ -34,7 +35,9 @@ def test_a_streamed_answer_arrives_in_the_console_as_edits_and_is_persisted(
     assert len(edits) >= 3, result.stdout
     assert all(edit.endswith(WRITING_MARK) for edit in edits[:-1])
     assert edits[-1] == ANSWER
-    assert [len(edit) for edit in edits] == sorted(len(edit) for edit in edits)  # it grows, then lands
+    # What a reader sees: every partial edit is the start of the answer, and the last is all of it.
+    partial = [edit.removesuffix(WRITING_MARK).rstrip() for edit in edits[:-1]]
+    assert all(ANSWER.startswith(text) for text in partial), partial
 
     database = sqlite3.connect(tmp_path / "data" / "threadwork.db")
     (stored,) = database.execute(

@@ -8,7 +8,7 @@ from bot.db.repositories import Messages
 from bot.hookspecs import hookimpl
 from bot.types import Message, Route, RouteDecision
 from tests.fakes.anthropic_server import FakeAnthropicServer, forced_tool
-from tests.orchestrator.conftest import EngineFactory, dispatch_and_wait, message, rows
+from tests.support.engines import EngineFactory, dispatch_and_wait, message, rows
 from workers.jobs import NOT_ALLOWED_AGENT
 
 AMBIGUOUS = "hmm, thoughts on the retry logic?"
