@@ -14,7 +14,7 @@ import re
 import discord
 
 from bot import constants
-from bot.progress import STATE_ICONS, format_elapsed
+from bot.progress import LIVE_VIEW_LABEL, STATE_ICONS, format_elapsed
 from bot.types import RunState, RunStatus
 
 #: Discord caps message content at 2,000 characters (Discord API docs, Create Message).
@@ -204,6 +204,9 @@ def status_embed(status: RunStatus) -> discord.Embed:
     steps = _steps(status)
     if steps:
         embed.add_field(name="Steps", value=steps, inline=False)
+    if status.web_url:  # the title links there too
+        embed.url = status.web_url
+        embed.add_field(name="Live view", value=f"[{LIVE_VIEW_LABEL}]({status.web_url})", inline=False)
     if not status.state.is_final:
         embed.set_footer(text=f"Cancel with the button or /cancel {status.run_id}")
     assert len(embed) <= constants.DISCORD_EMBED_TOTAL_LIMIT  # every part above is capped well below it

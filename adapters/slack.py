@@ -30,7 +30,7 @@ from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from adapters.slack_format import CANCEL_ACTION_ID, escape, fit, from_slack
+from adapters.slack_format import CANCEL_ACTION_ID, LIVE_VIEW_ACTION_ID, escape, fit, from_slack
 from adapters.slack_manifest import EVENTS_PATH
 from adapters.slack_port import PLATFORM, SlackPort, api_url, error_code, rate_limits, web_client
 from bot import constants, platforms
@@ -80,6 +80,7 @@ class SlackAdapter:
         for command in SLASH_COMMANDS:
             self.app.command(command)(self._on_command)
         self.app.action(CANCEL_ACTION_ID)(self._on_cancel)
+        self.app.action(LIVE_VIEW_ACTION_ID)(lambda ack: ack())  # a link button: the browser does the work
         self.handler: SocketModeHandler | None = None
         self.http_server: WSGIServer | None = None
         self._names: dict[str, str] = {}

@@ -10,11 +10,13 @@ import re
 from typing import Any
 
 from bot import constants
-from bot.progress import STATE_ICONS, format_elapsed
+from bot.progress import LIVE_VIEW_LABEL, STATE_ICONS, format_elapsed
 from bot.types import RunState, RunStatus
 
 #: The Cancel button on a run's status message; its value is the run id.
 CANCEL_ACTION_ID = "threadwork_cancel"
+#: The "Open live view" link button; Slack still sends its click, which the adapter only acks.
+LIVE_VIEW_ACTION_ID = "threadwork_live_view"
 #: A checklist line shows at most this much of a step's title, so twelve steps fit a section.
 CHECKLIST_LABEL_CHARS = 200
 #: The agent's latest words on the status message are cut here (as `render_status` does).
@@ -147,8 +149,12 @@ def status_blocks(status: RunStatus) -> list[dict[str, Any]]:
     if status.tokens_in or status.tokens_out:
         usage = f"Tokens {status.tokens_in:,} in / {status.tokens_out:,} out · ${status.cost:.4f}"
         blocks.append({"type": "context", "block_id": "status_usage", "elements": [_mrkdwn(usage)]})
-    if not status.state.is_final:
-        blocks.append({"type": "actions", "block_id": "status_actions", "elements": [_cancel_button(status.run_id)]})
+    buttons = [] if status.state.is_final else [_cancel_button(status.run_id)]
+    if status.web_url:
+        buttons.append({"type": "button", "action_id": LIVE_VIEW_ACTION_ID, "url": status.web_url,
+                        "text": {"type": "plain_text", "text": LIVE_VIEW_LABEL}})
+    if buttons:
+        blocks.append({"type": "actions", "block_id": "status_actions", "elements": buttons})
     return blocks[: constants.SLACK_MAX_BLOCKS]
 
 

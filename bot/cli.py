@@ -1,4 +1,4 @@
-"""The command line: `python -m bot chat|run|worker|migrate|doctor|route|manifest`."""
+"""The command line: `python -m bot chat|run|worker|web|migrate|doctor|route|manifest`."""
 
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ CONSOLE_CHAT = "adapters.console.ConsoleChat"
 RUN_WORKER = "workers.worker.run_worker"
 REAPER = "workers.reaper.Reaper"
 ROUTE_LINES = "workers.routing.route_lines"
+#: The web view (`python -m bot web`, or a thread of `run`/`chat` with web.enabled): Starlette
+#: and uvicorn are imported only here.
+WEB_SERVE = "adapters.web.serve"
 
 
 def _clean_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -83,6 +86,7 @@ def chat(thread: str | None, new_thread: bool, concurrent: bool) -> None:
     console = resolve(CONSOLE_CHAT)(engine, thread or constants.CONSOLE_DEFAULT_THREAD, interactive=interactive,
                                     concurrent=concurrent)
     reaper = _in_process_reaper(engine)
+    _web_in_thread(engine)
     try:
         code = console.run(None)
     finally:
@@ -120,6 +124,7 @@ def run() -> None:
         click.echo("queue: no worker is running, so answers and agent runs will wait: start `python -m bot worker`",
                    err=True)
     reaper = _in_process_reaper(engine)
+    _web_in_thread(engine)
     try:
         registry = platforms.registered(engine.manifest)
         _run_adapters(engine, [registry[p].serve for p in ready if registry[p].serve])
@@ -134,6 +139,17 @@ def _in_process_reaper(engine: Any) -> Any:
     if engine.settings.redis_url:
         return None
     return resolve(REAPER)(engine).start()
+
+
+def _web_in_thread(engine: Any) -> None:
+    """Serve the web view from a thread of this process when the manifest enables it (web.enabled)."""
+    import threading
+
+    web = engine.manifest.web
+    if not web.enabled:
+        return
+    threading.Thread(target=resolve(WEB_SERVE), args=(engine,), name="web-view", daemon=True).start()
+    click.echo(f"web view: http://{web.host}:{web.port}/ (links need BOT_PUBLIC_URL)", err=True)
 
 
 def _run_adapters(engine: Any, serves: list[str]) -> None:
@@ -151,6 +167,25 @@ def _run_adapters(engine: Any, serves: list[str]) -> None:
     # Adapters serve until stopped: when every one has returned, the bot is not running.
     click.echo("error: every platform adapter has stopped; see the lines above for why", err=True)
     sys.exit(1)
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to listen on (default: web.host, 127.0.0.1).")
+@click.option("--port", default=None, type=int, help="Port to listen on (default: web.port, 8700).")
+@_clean_errors
+def web(host: str | None, port: int | None) -> None:
+    """Serve the web view: a live page per run and each conversation's files, behind signed links."""
+    from bot.engine import Engine, set_current
+
+    settings = _settings()
+    engine = Engine.from_settings(settings)
+    set_current(engine)
+    host, port = host or engine.manifest.web.host, port or engine.manifest.web.port
+    try:
+        resolve(WEB_SERVE)(engine, host=host, port=port,
+                           ready=lambda _server: click.echo(f"web view: listening on http://{host}:{port}/", err=True))
+    finally:
+        engine.close()
 
 
 @main.command()

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 #: How long `LiveMessage.finish` keeps retrying the final edit through rate limits.
 FINAL_EDIT_DEADLINE_S = 120.0
 
+#: The words before a status message's link to its run's live page (the web view).
+LIVE_VIEW_LABEL = "Open live view"
+
 STATE_ICONS = {
     RunState.QUEUED: "🕒",
     RunState.RUNNING: "⏳",
@@ -49,7 +52,11 @@ def render_status(status: RunStatus, limit: int = constants.STATUS_TEXT_LIMIT) -
         head += f" · {format_elapsed(status.elapsed_s)}"
     if status.requested_by:
         head += f" · asked by {status.requested_by}"
+    if status.agent:
+        head += f" · {status.agent}"
     lines = [head]
+    if status.web_url:  # early, so a long checklist cut at `limit` never cuts the link
+        lines.append(f"{LIVE_VIEW_LABEL}: {status.web_url}")
     for label, ok in status.checklist:
         mark = "✓" if ok else ("✗" if ok is False else "…")
         lines.append(f"{mark} {label}")

@@ -13,12 +13,13 @@ from plugins.agents.opencode_events import parse_line
 
 def test_a_queued_run_shows_its_place_and_a_running_one_its_checklist() -> None:
     queued = render_status(RunStatus(4, RunState.QUEUED, "opencode", requested_by="ana", queue_position=2))
-    assert queued.splitlines()[0] == "🕒 **Agent run 4** · queued · waiting for 2 earlier runs in this thread · asked by ana"
+    assert queued.splitlines()[0] == ("🕒 **Agent run 4** · queued · waiting for 2 earlier runs in this thread"
+                                      " · asked by ana · opencode")
     running = render_status(RunStatus(4, RunState.RUNNING, "opencode", elapsed_s=75, checklist=[
         ("wrote `app.py`", True), ("ran `pytest`", False)], latest_text="Tests fail on import.",
         tokens_in=1200, tokens_out=80, cost=0.0123))
     assert running.splitlines() == [
-        "⏳ **Agent run 4** · running · 1:15",
+        "⏳ **Agent run 4** · running · 1:15 · opencode",
         "✓ wrote `app.py`",
         "✗ ran `pytest`",
         "💬 Tests fail on import.",
