@@ -205,8 +205,21 @@ class ResourceShareRow(Base):
 
 
 class MemoryRow(Base):
+    """One thing the bot keeps: a fact (person, channel or team), an exchange, a thread summary.
+
+    `scope` says who it applies to: `person` (platform + `user_id`), `channel` (platform +
+    `channel`), `team` (the whole platform) or `thread` (its `conversation_id`: summaries).
+    Searched through `memories_fts` (FTS5, SQLite) or the `search` tsvector column with a GIN
+    index (PostgreSQL), made by migration 0004 and kept by `bot.db.memories`; neither is mapped.
+    """
+
     __tablename__ = "memories"
-    __table_args__ = (Index("ix_memories_conversation", "conversation_id"),)
+    __table_args__ = (
+        Index("ix_memories_conversation", "conversation_id"),
+        Index("ix_memories_place", "platform", "scope", "channel", "kind", "id"),
+        Index("ix_memories_user", "platform", "user_id"),
+        Index("ix_memories_author", "platform", "author_id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"), nullable=True)
@@ -215,6 +228,27 @@ class MemoryRow(Base):
     text: Mapped[str] = mapped_column(Text)
     tokens: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    scope: Mapped[str] = mapped_column(String(16), default="channel", server_default="channel")
+    platform: Mapped[str] = mapped_column(String(32), default="", server_default="")
+    channel: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    #: The person a `person` memory is about.
+    user_id: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    #: Who said it (the source), with their name as it was then.
+    author_id: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    author_name: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    #: A thread summary covers the thread's messages up to this id.
+    through_message_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class MemoryScopeRow(Base):
+    """A version stamp per memory scope, changed by every write: caches compare it in one query."""
+
+    __tablename__ = "memory_scopes"
+
+    #: The scope's index token (`bot.memory.Scope.token`).
+    key: Mapped[str] = mapped_column(String(40), primary_key=True)
+    version: Mapped[str] = mapped_column(String(32))
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class ProcessedEventRow(Base):

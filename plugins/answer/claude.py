@@ -42,6 +42,18 @@ repository can tell, say in a sentence what the coding agent would do and ask wh
 it: they can reply "go ahead", or write `/agent <task>`."""
 
 NOTES_HEADER = "\n\nNotes from earlier threads of this channel; use them only if they are relevant:"
+#: What the context builder (`bot.context`) recalled, by source, in its priority order; items
+#: of other plugins ("" here) go with the notes.
+MEMORY_HEADERS = (
+    ("memory:person", "\n\nWhat {asker} (who is asking) asked you to remember about them:"),
+    ("memory:channel", "\n\nWhat this channel asked you to remember:"),
+    ("memory:team", "\n\nWhat the team asked you to remember:"),
+    ("channel", NOTES_HEADER),
+    ("", "\n\nOther notes; use them only if they are relevant:"),
+)
+KNOWN_SOURCES = ("memory", "channel", "thread")
+SUMMARY_SOURCE = "thread:summary"
+SUMMARY_HEADER = "\n\nThe earlier part of this thread, summarised (its newest messages follow as turns):"
 FAILED = "Sorry, something went wrong while answering; the error is in the bot's log."
 EMPTY = "I have no answer to that; could you rephrase it?"
 CUT_AT_LIMIT = "\n\n_(I stopped at my length limit; ask me to go on.)_"
@@ -100,10 +112,17 @@ def build_prompt(engine: EngineAPI, message: Message, memories: list[MemoryItem]
     manifest = engine.manifest
     description = f" ({manifest.description.rstrip('.')})" if manifest.description else ""
     system = SYSTEM.format(name=manifest.name, description=description)
-    notes = [item.text for item in memories if not item.source.startswith("thread:")]
-    if notes:
-        system += NOTES_HEADER + "".join(f"\n- {' '.join(note.split())}" for note in notes)
-    thread = sorted((item for item in memories if item.source.startswith("thread:")), key=lambda item: item.score)
+    asker = message.user_name or message.user_id
+    for source, header in MEMORY_HEADERS:
+        notes = [item.text for item in memories if item.source == source
+                 or (source == "" and item.source.split(":")[0] not in KNOWN_SOURCES)]
+        if notes:
+            system += header.format(asker=asker) + "".join(f"\n- {' '.join(note.split())}" for note in notes)
+    summary = [item.text for item in memories if item.source == SUMMARY_SOURCE]
+    if summary:
+        system += SUMMARY_HEADER + "\n" + summary[0]
+    thread = sorted((item for item in memories if item.source in ("thread:user", "thread:assistant")),
+                    key=lambda item: item.score)
     if thread and thread[-1].source == "thread:user" and thread[-1].text.endswith(message.text):
         thread.pop()  # the message itself, stored as typed ("/ask what is ..."); it is sent below
     turns: list[dict] = []

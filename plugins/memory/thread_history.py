@@ -1,29 +1,19 @@
-"""Memory: the thread's own recent messages, newest first, within the budget."""
+"""Memory: what a model is given for a message, from the context builder (`bot.context`).
+
+The thread (its summary and newest messages), then the asker's own facts, the channel's, the
+team's and related exchanges from the channel's other threads, in that priority order within
+the budget. A thread that outgrows its room is summarised by Claude (`summaries`), or without
+an API key by its messages' first sentences.
+"""
 
 from __future__ import annotations
 
 from bot.hookspecs import hookimpl
-from bot.memory import estimate_tokens
 from bot.types import Conversation, EngineAPI, MemoryItem, Message
-
-#: How far back the thread is read; the budget usually stops earlier.
-MAX_MESSAGES = 50
+from plugins.memory import summaries
 
 
 @hookimpl
 def recall(message: Message, conversation: Conversation, budget_tokens: int, engine: EngineAPI) -> list[MemoryItem]:
-    entries = engine.history(conversation.id, MAX_MESSAGES, without_run_status=True)
-    if entries and entries[-1].role == "user" and entries[-1].text == message.text:
-        entries = entries[:-1]  # the message being answered is sent on its own
-    items: list[MemoryItem] = []
-    spent = 0
-    total = len(entries)
-    for age, entry in enumerate(reversed(entries)):
-        text = f"{entry.author}: {entry.text}"
-        tokens = estimate_tokens(text)
-        if spent + tokens > budget_tokens:
-            break
-        spent += tokens
-        # Newer messages score higher; thread history outranks other memories when recent.
-        items.append(MemoryItem(text=text, source=f"thread:{entry.role}", tokens=tokens, score=1.0 - age / (total + 1)))
-    return items
+    context = engine.context.build(message, conversation, budget_tokens, summarise=summaries.summariser(engine))
+    return context.items()
