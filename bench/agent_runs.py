@@ -12,6 +12,11 @@ the peak RSS of the agent's process tree.
 Part 2 (the CLI alone): a cold `opencode run` per task against a warm `opencode serve` per
 worker with `run --attach`, timing the first event and the whole run, and checking whether the
 run's final text arrives at all.
+
+Part 3 (`--compare` runs only this): both agents, cold, one CLI start per task with the same
+script shape (write a file, run it, answer): opencode against the chat-completions endpoint,
+Codex (`codex exec --json`, its workspace-write sandbox on) against the Responses endpoint of
+the same fake. Time to the first event line, the whole short run, and the peak RSS of the tree.
 """
 
 from __future__ import annotations
@@ -33,11 +38,13 @@ from bot.config import Settings  # noqa: E402
 from bot.engine import Engine, set_current  # noqa: E402
 from bot.hookspecs import hookimpl  # noqa: E402
 from bot.types import Attachment, Message, Reply, ThreadRef  # noqa: E402
+from plugins.agents import codex  # noqa: E402
 from tests.fakes.openai_fixtures import OPENCODE_BIN, make_opencode_env  # noqa: E402
 from tests.fakes.openai_server import FakeOpenAIServer, Turn  # noqa: E402
 from tests.support.servers import free_port, wait_for_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+CODEX_BIN = REPO / "node_modules" / ".bin" / "codex"
 FIRST_PROGRESS_TARGET_S = 1.0
 
 
@@ -198,6 +205,65 @@ def cli_runs(runs: int, warm: bool) -> list[dict[str, float]]:
     return results
 
 
+def codex_script() -> list[Turn]:
+    return [Turn.exec_command("printf 'print(1)\\n' > hello.py"), Turn.exec_command("python3 hello.py"),
+            Turn.text("Wrote and ran hello.py.")]
+
+
+def timed_cli(argv: list[str], env: dict[str, str], cwd: Path, final_text: str) -> dict[str, float]:
+    """Run one cold CLI start to its end; return first event, whole run, final text seen, peak RSS."""
+    with TreeMemory() as memory:
+        start = time.perf_counter()
+        process = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL)
+        first = None
+        seen = False
+        assert process.stdout is not None
+        for line in process.stdout:
+            first = first or time.perf_counter()
+            seen = seen or final_text.encode() in line
+        process.wait()
+        end = time.perf_counter()
+    return {"first_event_s": (first or end) - start, "run_s": end - start, "final_text": float(seen),
+            "peak_rss_mb": memory.peak_kb / 1024}
+
+
+def compare_agents(runs: int) -> dict[str, list[dict[str, float]]]:
+    """Return per-run figures of a cold short run of each agent, against the same scripted fake."""
+    results: dict[str, list[dict[str, float]]] = {"opencode": [], "codex": []}
+    with tempfile.TemporaryDirectory(prefix="tw-bench-compare-") as scratch, FakeOpenAIServer() as model:
+        root = Path(scratch)
+        env, workspace = make_opencode_env(root / "opencode", model)
+        codex_home, codex_ws = root / "codex-home", root / "codex-ws"
+        codex_ws.mkdir()
+        model.write_codex_config(codex_home)
+        user = codex.read_user_config(codex_home / "config.toml")
+        (codex_home / "config.toml").write_text(codex.to_toml(codex.laid_over(user)))
+        codex_env = {"PATH": os.environ.get("PATH", ""), "HOME": str(root / "opencode" / "home"),
+                     "CODEX_HOME": str(codex_home), **codex.QUIET_ENV}
+        for _ in range(runs):
+            model.reset(script())
+            results["opencode"].append(timed_cli(
+                [str(OPENCODE_BIN), "run", "--format", "json", "--dir", str(workspace), "--", "write hello.py and run it"],
+                env, workspace, "Wrote and ran hello.py."))
+            model.reset(codex_script())
+            results["codex"].append(timed_cli(
+                [str(CODEX_BIN), "exec", "--json", "--skip-git-repo-check", "--sandbox", "workspace-write",
+                 "-C", str(codex_ws), "--", "write hello.py and run it"], codex_env, codex_ws, "Wrote and ran hello.py."))
+    return results
+
+
+def print_comparison(runs: int) -> None:
+    """Print the two agents side by side (medians)."""
+    rows = compare_agents(runs)
+    print(f"opencode vs Codex, cold CLI start per task (write, run, answer), median of {runs}")
+    print(f"{'agent':<10} {'first event':>12} {'whole run':>10} {'final text':>11} {'peak RSS':>9}")
+    for name, agent_rows in rows.items():
+        arrived = sum(int(row["final_text"]) for row in agent_rows)
+        print(f"{name:<10} {median(agent_rows, 'first_event_s'):>11.2f}s {median(agent_rows, 'run_s'):>9.2f}s"
+              f" {arrived:>5}/{len(agent_rows):<5} {median(agent_rows, 'peak_rss_mb'):>7.0f}MB")
+
+
 def median(rows: list[dict[str, float]], key: str) -> float:
     return statistics.median(row[key] for row in rows)
 
@@ -205,9 +271,14 @@ def median(rows: list[dict[str, float]], key: str) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=3, help="runs per measurement (default 3)")
+    parser.add_argument("--compare", action="store_true", help="only part 3: opencode vs Codex, side by side")
     args = parser.parse_args()
-    if not OPENCODE_BIN.exists():
-        raise SystemExit(f"no opencode binary at {OPENCODE_BIN}: run `npm install` in {REPO}")
+    for binary in (OPENCODE_BIN, CODEX_BIN):
+        if not binary.exists():
+            raise SystemExit(f"no {binary.name} binary at {binary}: run `npm install` in {REPO}")
+    if args.compare:
+        print_comparison(args.n)
+        return 0
 
     engine_rows = through_engine(args.n)
     print(f"agent runs through the engine (cold `opencode run` per task), median of {args.n}")
@@ -233,6 +304,8 @@ def main() -> int:
         print(f"{label:<34} {median(rows, 'first_event_s'):>11.2f}s {median(rows, 'run_s'):>9.2f}s"
               f" {arrived:>5}/{len(rows):<5} {median(rows, 'peak_rss_mb'):>7.0f}MB")
     print("(peak RSS counts every process the mode needs: the warm row includes the server)")
+    print()
+    print_comparison(args.n)
     return 0
 
 

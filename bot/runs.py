@@ -14,14 +14,16 @@ ended are read from it (`bot.db.repositories.Runs`), never from the text of a me
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from bot import constants
-from bot.db.repositories import Conversations, Runs
+from bot import constants, web_links
+from bot.db.repositories import Conversations, Messages, Runs
+from bot.errors import UserFacingError
 from bot.progress import render_status
 from bot.types import (
     AgentRun,
@@ -43,12 +45,50 @@ if TYPE_CHECKING:
 RUN_JOB = "workers.agent_run.run_agent"
 #: States a run can still leave.
 ACTIVE = (RunState.QUEUED, RunState.RUNNING)
+#: `/agent --with NAME <task>` (or `!agent ...`): the agent picked for one run (agent.choosable).
+AGENT_CHOICE = re.compile(r"^[/!]agent\s+--with(?:\s+(?P<name>\S+))?(?:\s+(?P<task>.+))?$", re.IGNORECASE | re.DOTALL)
+
+
+def requested_agent(text: str) -> tuple[str, str] | None:
+    """Return (agent name, task) of a `/agent --with NAME <task>` line ("" where missing); None for other lines."""
+    match = AGENT_CHOICE.match(text.strip())
+    if match is None:
+        return None
+    return (match.group("name") or "").lower(), (match.group("task") or "").strip()
+
+
+def agent_for(engine: Engine, conversation: Conversation, requested: str | None = None) -> str:
+    """Return the agent that runs a request here: the `--with` pick, else the channel's, else agent.name.
+
+    Raise `UserFacingError` (one sentence, shown as is) when the pick is not in agent.choosable or
+    not installed.
+    """
+    manifest = engine.manifest
+    channel = manifest.channels.get(f"{conversation.where.platform}:{conversation.where.channel}")
+    default = (channel.agent if channel else None) or manifest.agent.name
+    if not requested or requested == default:
+        return default
+    if requested not in manifest.agent.choosable:
+        allowed = ", ".join(f"`{name}`" for name in manifest.agent.choosable) or "none"
+        raise UserFacingError(f"`/agent --with {requested}` is not allowed here: the agents you may pick "
+                              f"(agent.choosable in manifest.yml) are {allowed}.")
+    if requested not in engine.agents:
+        raise UserFacingError(f"`/agent --with {requested}` cannot run: no agent named `{requested}` is installed.")
+    return requested
 
 
 def start_run(engine: Engine, message_id: int, message: Message, conversation: Conversation) -> AgentRun:
-    """Create the run for a request (once), show its status message, enqueue it; return the run."""
+    """Create the run for a request (once), show its status message, enqueue it; return the run.
+
+    The run's agent is the one `agent_for` picks: the request line's `--with` choice, the
+    channel's agent, or agent.name.
+    """
+    with engine.db.reading() as session:
+        request_line = Messages(session).get(message_id)[0].text
+    choice = requested_agent(request_line)
+    agent = agent_for(engine, conversation, choice[0] if choice else None)
     with engine.db.session() as session:
-        run, created = Runs(session).create(conversation.id, engine.manifest.agent.name, message.text,
+        run, created = Runs(session).create(conversation.id, agent, message.text,
                                             requested_by=message.user_name or message.user_id,
                                             request_message_id=message_id)
     if not created and run.status_message_id:
@@ -209,6 +249,7 @@ def status_of(engine: Engine, run_id: int, note: str = "") -> RunStatus:
         tokens_out=run.tokens_out,
         cost=run.cost,
         note=note or (f"Failed: {run.error}" if run.state == RunState.FAILED and run.error else ""),
+        web_url=web_links.run_url(engine, run),
     )
 
 

@@ -1,7 +1,9 @@
-"""A scripted OpenAI-compatible chat-completions server for tests.
+"""A scripted OpenAI-compatible server for tests: chat completions, and the streamed Responses API.
 
 opencode (and anything else that speaks the OpenAI chat-completions protocol) can use it as its
-model through a custom provider; see :meth:`FakeOpenAIServer.opencode_config`.
+model through a custom provider; see :meth:`FakeOpenAIServer.opencode_config`. The Codex CLI
+speaks only the Responses API: ``POST /v1/responses`` is answered from the same script, as
+server-sent events (tests/fakes/responses_api.py); see :meth:`FakeOpenAIServer.codex_config`.
 
 The test gives a script: a list of :class:`Turn` objects. Every *scripted* ``POST
 /v1/chat/completions`` consumes the next turn, in order. Side requests that opencode makes on its
@@ -32,6 +34,10 @@ Tool names and argument schemas are those opencode 1.18.33 advertises in its ``t
     bash   {command, timeout? (ms, int > 0), workdir?}   (+ "description", accepted though
                                                        not in the schema)
 
+For Codex, script ``Turn.exec_command("echo hi > out.txt")`` (its tool ``exec_command``:
+``cmd``, optional ``workdir``) and ``Turn.text(...)``; the command's result arrives in the next
+request as a ``function_call_output`` item (``responses_api.function_outputs``).
+
 The full ``tools`` list with ``DEFAULT_PERMISSION``: bash, edit, glob, grep, read, skill, task,
 todowrite, write (``OPENCODE_TOOL_NAMES``). A class set to plain "deny" (e.g. ``"bash": "deny"``)
 removes the tool from the list; a call to it then comes back as the pseudo-tool ``invalid``.
@@ -53,6 +59,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from aiohttp import web
 
+from tests.fakes import responses_api
 from tests.fakes.loop_thread import LoopThread
 
 #: Marker in opencode's title-generation system prompt (1.18.33: "You are a title generator...").
@@ -149,6 +156,17 @@ class Turn:
     def bash(cls, command: str, description: str | None = None, timeout_ms: int | None = None,
              workdir: str | None = None, **kw: Any) -> "Turn":
         return cls.tool("bash", bash_args(command, description, timeout_ms, workdir), **kw)
+
+    @classmethod
+    def exec_command(cls, cmd: str, workdir: str | None = None, yield_time_ms: int | None = None,
+                     **kw: Any) -> "Turn":
+        """A call to Codex's ``exec_command`` tool (Responses API); ``shell`` is its older name."""
+        args: dict[str, Any] = {"cmd": cmd}
+        if workdir is not None:
+            args["workdir"] = str(workdir)
+        if yield_time_ms is not None:
+            args["yield_time_ms"] = yield_time_ms
+        return cls.tool("exec_command", args, **kw)
 
     @classmethod
     def in_stream_error(cls, message: str = "scripted stream failure", **kw: Any) -> "Turn":
@@ -346,6 +364,25 @@ class FakeOpenAIServer:
             json.dump(self.opencode_config(**kw), f, indent=2)
         return str(path)
 
+    def codex_config(self, *, provider: str = "fake", retries: int = 0) -> str:
+        """A Codex ``config.toml`` (the user's own) whose model is this server, over the Responses API.
+
+        ``retries`` sets the provider's request and stream retries (Codex's defaults retry a 500
+        several times with backoff; a test of a failure wants it at once).
+        """
+        return (f'model = "{self.model}"\nmodel_provider = "{provider}"\n\n'
+                f'[model_providers.{provider}]\nname = "Fake"\nbase_url = "{self.base_url}"\n'
+                f'wire_api = "responses"\nrequest_max_retries = {retries}\nstream_max_retries = {retries}\n')
+
+    def write_codex_config(self, codex_home: Any, **kw: Any) -> str:
+        """Write :meth:`codex_config` as ``config.toml`` in a ``CODEX_HOME``; return its path."""
+        import pathlib
+
+        home = pathlib.Path(codex_home)
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "config.toml").write_text(self.codex_config(**kw), encoding="utf-8")
+        return str(home / "config.toml")
+
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> "FakeOpenAIServer":
         self._loop_thread.start(self._astart)
@@ -357,6 +394,8 @@ class FakeOpenAIServer:
         app.router.add_get("/models", self._models)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/chat/completions", self._chat)
+        app.router.add_post("/v1/responses", self._responses)
+        app.router.add_post("/responses", self._responses)
         app.router.add_route("*", "/{tail:.*}", self._other)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -472,6 +511,46 @@ class FakeOpenAIServer:
         except (ConnectionResetError, asyncio.CancelledError):
             pass  # the client went away (abort); nothing else to do
         return resp
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        """Answer a Responses API request with the next turn, streamed (every request is scripted)."""
+        try:
+            body = await request.json()
+        except Exception:
+            return web.json_response({"error": {"message": "bad json"}}, status=400)
+        turn = self._take_scripted(body)
+        if turn.delay:
+            await asyncio.sleep(turn.delay)
+        if turn.status != 200 or turn.error:
+            return web.json_response({"error": {"message": turn.error or "error", "type": "server_error",
+                                                 "code": str(turn.status)}}, status=turn.status or 500)
+        usage = self._usage({"messages": body.get("input", [])}, turn)
+        events = responses_api.stream_events(turn, f"resp_{next(self._ids)}", body.get("model", self.model), usage)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        try:
+            for event in events:
+                await resp.write(responses_api.sse(event))
+                if turn.chunk_delay:
+                    await asyncio.sleep(turn.chunk_delay)
+            await resp.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass  # the client went away (cancel); nothing else to do
+        return resp
+
+    def _take_scripted(self, body: dict[str, Any]) -> Turn:
+        """Record a request that always consumes a turn (no side requests); return the answer."""
+        with self._turn_cond:
+            self.requests.append(body)
+            self.request_times.append(time.monotonic())
+            self.scripted_requests.append(body)
+            if self._next < len(self._turns):
+                turn = self._turns[self._next]
+                self._next += 1
+                self._turn_cond.notify_all()
+                return turn
+            self.exhausted += 1
+            return Turn.text(self.exhausted_text)
 
     @staticmethod
     def _usage(body: dict[str, Any], turn: Turn) -> dict[str, int]:

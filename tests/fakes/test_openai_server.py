@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from tests.fakes.openai_server import (
     tool_results,
     user_texts,
 )
+from tests.fakes.responses_api import function_outputs, message_texts
 
 TOOLS = [{"type": "function", "function": {"name": "write", "parameters": {"type": "object"}}}]
 
@@ -100,6 +102,73 @@ def test_scripted_http_error(openai_server: FakeOpenAIServer) -> None:
     status, raw = _post(openai_server, {"model": "m", "stream": True, "tools": TOOLS,
                                         "messages": [{"role": "user", "content": "go"}]})
     assert status == 503 and b"overloaded" in raw
+
+
+def _post_responses(server: FakeOpenAIServer, body: dict[str, Any]) -> tuple[int, list[tuple[str, Any]]]:
+    req = urllib.request.Request(server.base_url + "/responses", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            raw = r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, [("error", json.loads(e.read()))]
+    events = []
+    for block in raw.strip().split("\n\n"):
+        name, data = block.split("\n", 1)
+        events.append((name.removeprefix("event: "), json.loads(data.removeprefix("data: "))))
+    return 200, events
+
+
+RESPONSES_TOOLS = [{"type": "function", "name": "exec_command", "parameters": {"type": "object"}}]
+
+
+def test_responses_stream_a_command_then_text_from_the_same_script(openai_server: FakeOpenAIServer) -> None:
+    openai_server.script(Turn.exec_command("echo hi > out.txt", workdir="/w", usage=(11, 22)),
+                         Turn.text("done: " + "x" * 60))
+    status, events = _post_responses(openai_server, {"model": "m", "stream": True, "tools": RESPONSES_TOOLS,
+                                                     "input": [{"type": "message", "role": "user",
+                                                                "content": [{"type": "input_text", "text": "go"}]}]})
+    assert status == 200
+    assert [name for name, _ in events] == ["response.created", "response.output_item.added",
+                                            "response.output_item.done", "response.completed"]
+    assert all(name == data["type"] for name, data in events)
+    call = events[2][1]["item"]
+    assert (call["type"], call["name"]) == ("function_call", "exec_command")
+    assert json.loads(call["arguments"]) == {"cmd": "echo hi > out.txt", "workdir": "/w"}
+    assert events[-1][1]["response"]["usage"]["input_tokens"] == 11
+    assert events[-1][1]["response"]["usage"]["output_tokens"] == 22
+
+    # The command's result comes back in the next request, which gets the next turn: text in pieces.
+    follow_up = {"model": "m", "stream": True, "tools": RESPONSES_TOOLS, "input": [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "go"}]},
+        call, {"type": "function_call_output", "call_id": call["call_id"], "output": "Process exited with code 0"}]}
+    status, events = _post_responses(openai_server, follow_up)
+    deltas = [data["delta"] for name, data in events if name == "response.output_text.delta"]
+    assert len(deltas) > 1 and "".join(deltas) == "done: " + "x" * 60
+    message = next(data["item"] for name, data in events if name == "response.output_item.done")
+    assert message["content"][0] == {"type": "output_text", "text": "done: " + "x" * 60, "annotations": []}
+    assert function_outputs(openai_server.scripted_requests[-1])[0]["output"] == "Process exited with code 0"
+    assert message_texts(openai_server.scripted_requests[-1], "user") == ["go"]
+    assert openai_server.remaining == 0 and len(openai_server.requests) == 2
+
+
+def test_responses_failures_an_http_error_or_a_failed_response(openai_server: FakeOpenAIServer) -> None:
+    openai_server.script(Turn.http_error(500, "scripted failure"), Turn.in_stream_error("the model broke"))
+    body = {"model": "m", "stream": True, "input": []}
+    assert _post_responses(openai_server, body) == (500, [("error", {"error": {
+        "message": "scripted failure", "type": "server_error", "code": "500"}})])
+    status, events = _post_responses(openai_server, body)
+    assert status == 200 and events[-1][0] == "response.failed"
+    assert events[-1][1]["response"]["error"] == {"code": "server_error", "message": "the model broke"}
+
+
+def test_codex_config_points_codex_at_the_responses_endpoint(openai_server: FakeOpenAIServer, tmp_path) -> None:
+    import tomllib
+
+    config = tomllib.loads(Path(openai_server.write_codex_config(tmp_path / "codex-home")).read_text())
+    provider = config["model_providers"][config["model_provider"]]
+    assert config["model"] == "m" and provider["wire_api"] == "responses"
+    assert provider["base_url"] == openai_server.base_url and provider["request_max_retries"] == 0
 
 
 # ---------------------------------------------------------------------------------------------
