@@ -78,6 +78,15 @@ class ConsolePort:
     def edit(self, where: ThreadRef, message_id: str, reply: Reply) -> None:
         self._view.show(message_id, reply, edited=True)
 
+    def open_thread(self, where: ThreadRef, text: str) -> ThreadRef:
+        """Start a new console thread named after this one, show its first message; return it.
+
+        `python -m bot chat --thread NAME` continues it.
+        """
+        opened = ThreadRef(where.platform, where.channel, f"{where.thread}-{secrets.token_hex(2)}")
+        self.post(opened, Reply(text))
+        return opened
+
     def upload_limit(self, where: ThreadRef) -> int:
         """Return the largest file the console takes: any, it saves files to disk."""
         return sys.maxsize

@@ -41,7 +41,7 @@ from adapters.discord_format import CONTENT_LIMIT, split_markdown, status_embed,
 from bot import constants
 from bot.config import Settings
 from bot.engine import Engine
-from bot.errors import RateLimited
+from bot.errors import RateLimited, UserFacingError
 from bot.types import Attachment, Reply, ThreadRef
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,10 @@ REMEMBERED_MESSAGES = 1_000
 EMPTY_TEXT = "…"
 #: The file a reply longer than `REPLY_ATTACH_THRESHOLD` is attached as.
 LONG_REPLY_FILENAME = "answer.md"
+#: Discord's longest thread name (API docs: Start Thread without Message, `name` 1-100 characters).
+THREAD_NAME_LIMIT = 100
+#: Minutes of quiet before Discord archives a thread the bot opened (one of 60, 1440, 4320, 10080).
+THREAD_ARCHIVE_MINUTES = 10080
 
 #: Bot messages ping nobody: a model's or agent's text must not notify @everyone or a user.
 NO_MENTIONS = discord.AllowedMentions.none()
@@ -187,6 +191,14 @@ class DiscordPort:
     def upload(self, where: ThreadRef, attachment: Attachment) -> str:
         return self._call(self._upload(where, attachment), timeout=UPLOAD_TIMEOUT_S)
 
+    def open_thread(self, where: ThreadRef, text: str) -> ThreadRef:
+        """Start a public thread in the conversation's channel with `text` first in it; return the thread."""
+        try:
+            return self._call(self._open_thread(where, text))
+        except discord.HTTPException as exc:  # a DM, or a channel the bot may not start threads in
+            raise UserFacingError(f"Discord refused to start a thread here ({exc.text or exc.status}): "
+                                  "use a server channel where I may create threads.") from None
+
     def upload_limit(self, where: ThreadRef) -> int:
         """Return the largest file Discord takes in one upload where the thread is."""
         return self._file_limit(where)[0]
@@ -227,6 +239,15 @@ class DiscordPort:
         for message_id, part in zip(follow_ups, parts[1:], strict=True):
             self._remember(message_id, part, [])
         return str(head.id)
+
+    async def _open_thread(self, where: ThreadRef, text: str) -> ThreadRef:
+        first_line = text.strip().splitlines()[0] if text.strip() else EMPTY_TEXT
+        data = await self._client.http.start_thread_without_message(
+            int(where.channel), name=first_line[:THREAD_NAME_LIMIT], auto_archive_duration=THREAD_ARCHIVE_MINUTES,
+            type=discord.ChannelType.public_thread.value)
+        opened = ThreadRef(PLATFORM, where.channel, str(data["id"]))
+        await self._post(opened, Reply(text))
+        return opened
 
     async def _edit(self, where: ThreadRef, message_id: int, reply: Reply) -> None:
         _NO_WAIT.set(reply.partial)  # this task's requests only: a 429 raises instead of waiting

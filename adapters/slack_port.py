@@ -95,6 +95,11 @@ class SlackPort:
                 self.client.chat_update(channel=where.channel, ts=message_id,
                                         **_content(reply, constants.SLACK_EDIT_SAFE_LIMIT))
 
+    def open_thread(self, where: ThreadRef, text: str) -> ThreadRef:
+        """Post `text` as a new top-level message in the channel; return the thread it starts (its ts)."""
+        channel = ThreadRef(PLATFORM, where.channel, "")
+        return ThreadRef(PLATFORM, where.channel, self.post(channel, Reply(text)))
+
     def upload_limit(self, where: ThreadRef) -> int:
         """Return the largest file Slack takes in one upload."""
         return constants.SLACK_FILE_LIMIT

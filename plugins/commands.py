@@ -6,7 +6,7 @@ from bot import constants
 from bot.db.repositories import Conversations, Runs
 from bot.errors import CommandError
 from bot.hookspecs import hookimpl
-from bot.types import Command, CommandContext
+from bot.types import Command, CommandContext, Conversation
 
 
 def help_text(context: CommandContext) -> str:
@@ -48,15 +48,35 @@ def history(context: CommandContext) -> str:
 
 
 def threads(context: CommandContext) -> str:
-    """List the channel's conversations, most recent first."""
+    """List the channel's conversations, most recent first, each fork indented under its parent."""
     where = context.conversation.where
     with context.engine.db.reading() as session:
         rows = Conversations(session).in_channel(where.platform, where.channel)
+    listed = {conversation.id for conversation, _ in rows}
+    children: dict[int, list[tuple[Conversation, int]]] = {}
+    for row in rows:
+        children.setdefault(row[0].forked_from_id or 0, []).append(row)
     lines = ["Threads in this channel:"]
-    for conversation, count in rows:
+
+    def show(conversation: Conversation, count: int, depth: int) -> None:
         marker = " (this one)" if conversation.id == context.conversation.id else ""
-        lines.append(f"- `{conversation.where.thread}` {conversation.title[:60]!r} - {count} message(s){marker}")
+        number = f"fork {_fork_number(context, conversation)}: " if conversation.forked_from_id else ""
+        lines.append(f"{'  ' * depth}- {number}`{conversation.where.thread}` {conversation.title[:60]!r} - "
+                     f"{count} message(s){marker}")
+        for child, child_count in sorted(children.get(conversation.id, []), key=lambda row: row[0].id):
+            show(child, child_count, depth + 1)
+
+    for conversation, count in rows:
+        if not conversation.forked_from_id or conversation.forked_from_id not in listed:
+            show(conversation, count, 0)
     return "\n".join(lines)
+
+
+def _fork_number(context: CommandContext, fork: Conversation) -> int:
+    """Return the fork's number among its parent's forks (as `/forks`, `/merge N` count them)."""
+    with context.engine.db.reading() as session:
+        forks = Conversations(session).forks_of(fork.forked_from_id or 0)
+    return next(number for number, child in enumerate(forks, start=1) if child.id == fork.id)
 
 
 def runs(context: CommandContext) -> str:

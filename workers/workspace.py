@@ -7,10 +7,13 @@ and the files it added or changed are what the thread gets as attachments.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import stat
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,3 +138,128 @@ def commit_run(workspace: Path, run_id: int, prompt: str) -> RunChanges:
             continue
         changes.files.append(ChangedFile(path, len(data), hashlib.sha256(data).hexdigest(), data))
     return changes
+
+
+# -- forks: a fork's workspace is a clone of its parent's, merged back with git ----------------------
+
+#: The ref a fork's HEAD is fetched into, in its parent's repository, for `/diff` and `/merge`.
+FORK_REF = "refs/threadwork/forks/{fork_id}"
+#: The lock file (inside `.git`) that keeps two merges into one workspace from overlapping.
+MERGE_LOCK = "threadwork-merge.lock"
+
+
+@dataclass(frozen=True)
+class FileStat:
+    """One file a comparison touches: lines added and removed (None for a binary file)."""
+
+    path: str
+    added: int | None
+    removed: int | None
+
+
+@dataclass(frozen=True)
+class ForkComparison:
+    """What a fork changed since it branched (or was last merged): per-file counts and the diff."""
+
+    files: list[FileStat] = field(default_factory=list)
+    #: The fork's changes as one unified diff ("" when it has none).
+    diff: str = ""
+    #: The fork's HEAD commit that was compared.
+    head: str = ""
+
+    @property
+    def added(self) -> int:
+        return sum(stat.added or 0 for stat in self.files)
+
+    @property
+    def removed(self) -> int:
+        return sum(stat.removed or 0 for stat in self.files)
+
+
+@dataclass(frozen=True)
+class MergeOutcome:
+    """How a merge of a fork went: the merge commit, or the conflicting files (and nothing changed)."""
+
+    comparison: ForkComparison
+    commit: str = ""
+    conflicts: list[str] = field(default_factory=list)
+
+
+def head_of(workspace: Path) -> tuple[str, str]:
+    """Return the workspace's HEAD commit (short) and its subject line."""
+    line = git(workspace, "log", "-1", "--format=%h%x00%s").strip()
+    short, _, subject = line.partition("\0")
+    return short, subject
+
+
+def clone_for_fork(parent: Path, fork: Path) -> None:
+    """Clone the parent's workspace at its HEAD into `fork` (local clone: hardlinked, fast).
+
+    Only committed work goes along: a run still going in the parent commits later, so the
+    fork starts from the last finished state.
+    """
+    fork.parent.mkdir(parents=True, exist_ok=True)
+    git(fork.parent, "clone", "--quiet", str(parent), str(fork))
+
+
+def uncommitted(workspace: Path) -> list[str]:
+    """Return the paths with uncommitted changes in the workspace (empty when clean)."""
+    lines = git(workspace, "status", "--porcelain", "--untracked-files=all").splitlines()
+    return [line[3:] for line in lines if line.strip()]
+
+
+def compare_fork(parent: Path, fork: Path, fork_id: int) -> ForkComparison:
+    """Fetch the fork's HEAD into the parent's repository; return what merging it would bring."""
+    ref = FORK_REF.format(fork_id=fork_id)
+    git(parent, "fetch", "--quiet", "--no-tags", str(fork), f"+HEAD:{ref}")
+    head = git(parent, "rev-parse", ref).strip()
+    base = git(parent, "merge-base", "HEAD", ref).strip()
+    numstat = git(parent, "diff", "--numstat", "--no-renames", "-z", base, ref)
+    files = []
+    for entry in numstat.split("\0"):
+        if not entry.strip():
+            continue
+        added, removed, path = entry.split("\t", 2)
+        files.append(FileStat(path, None if added == "-" else int(added), None if removed == "-" else int(removed)))
+    diff = git(parent, "diff", "--no-color", "--no-renames", base, ref) if files else ""
+    return ForkComparison(files, diff, head)
+
+
+def merge_fork(parent: Path, fork: Path, fork_id: int, message: str) -> MergeOutcome:
+    """Merge the fork's HEAD into the parent's workspace with a merge commit (never a fast-forward).
+
+    On a conflict the merge is aborted: both workspaces stay exactly as they were, and the
+    conflicting files are returned. Nothing is merged when the fork brings nothing new.
+    """
+    comparison = compare_fork(parent, fork, fork_id)
+    if not comparison.files:
+        return MergeOutcome(comparison)
+    ref = FORK_REF.format(fork_id=fork_id)
+    with _merge_lock(parent):
+        try:
+            git(parent, "merge", "--no-ff", "--no-edit", "-m", message, ref)
+        except UserFacingError:
+            if not (parent / ".git" / "MERGE_HEAD").exists():
+                raise  # refused before it started (git says why): nothing to undo
+            conflicts = git(parent, "diff", "--name-only", "--diff-filter=U", "-z").split("\0")
+            git(parent, "merge", "--abort")
+            return MergeOutcome(comparison, conflicts=[path for path in conflicts if path] or ["(git named no file)"])
+    return MergeOutcome(comparison, commit=head_of(parent)[0])
+
+
+@contextmanager
+def _merge_lock(workspace: Path) -> Iterator[None]:
+    """Hold the workspace's merge lock (any process), or say that another merge is under way.
+
+    Without it a second merge would fail on git's index lock and then abort the first one's merge.
+    """
+    with open(workspace / ".git" / MERGE_LOCK, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserFacingError("Another merge into this thread's workspace is under way; try again when it ends.") \
+                from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
