@@ -37,6 +37,7 @@ SECRET_ENV_VARS = (
     "ANTHROPIC_API_KEY",
     "DATABASE_URL",
     "REDIS_URL",
+    "BOT_WEB_SECRET",
 )
 
 
@@ -122,11 +123,14 @@ class LlmSection(_Section):
 
 
 class AgentSection(_Section):
-    #: Which registered agent runs agent requests.
+    #: Which registered agent runs agent requests (a channel's `agent` overrides it there).
     name: str = "opencode"
-    #: Path of the agent binary; default: node_modules/.bin/opencode, then PATH.
+    #: Agents `/agent --with NAME <task>` may pick for one run, besides the channel's own.
+    choosable: list[str] = Field(default_factory=list)
+    #: Path of the opencode binary; default: node_modules/.bin/opencode, then PATH (Codex: CODEX_BIN).
     binary: str | None = None
-    #: The model, as provider/model; default: opencode's own config (OPENCODE_CONFIG).
+    #: opencode's model, as provider/model; default: opencode's own config (OPENCODE_CONFIG).
+    #: Codex takes its model from its own config.toml.
     model: str | None = None
     timeout_seconds: int = Field(default=constants.AGENT_RUN_TIMEOUT_S, ge=10)
     allow_webfetch: bool = False
@@ -144,17 +148,81 @@ class ResourcesSection(_Section):
     max_uploads: int = Field(default=constants.RUN_MAX_UPLOADS, ge=1, le=1000)
 
 
+class ChannelPermissions(_Section):
+    """A channel's own lists; an action it does not name follows the top-level `permissions`."""
+
+    agent: list[str] | None = None
+    ask: list[str] | None = None
+    cancel: list[str] | None = None
+    share: list[str] | None = None
+    admin: list[str] | None = None
+
+
+class WebSection(_Section):
+    """The web view (`python -m bot web`): a live page per run and a resource browser."""
+
+    #: Serve the web view inside `run` and `chat` too (a thread), not only from `python -m bot web`.
+    enabled: bool = False
+    #: Where `python -m bot web` listens; a proxy in front of it serves BOT_PUBLIC_URL.
+    host: str = "127.0.0.1"
+    port: int = Field(default=8700, ge=1, le=65535)
+    #: How long a link in a status message opens its pages: a week, the life of a typical thread.
+    link_ttl_hours: float = Field(default=168, gt=0)
+
+
 class ChannelSection(_Section):
     #: A git repository (path or URL) the channel's workspaces start from.
     repo: str | None = None
+    #: The agent that runs this channel's requests (a registered agent's name); default agent.name.
+    agent: str | None = None
+    #: Overrides of the top-level `permissions` in this channel, per action.
+    permissions: ChannelPermissions = Field(default_factory=ChannelPermissions)
 
 
 class Permissions(_Section):
-    """Who may do what: lists of user ids (or "*" for everyone), per action."""
+    """Who may do what: people's names (see `people`), platform user ids (`U0..`, `slack:U0..`,
+    `discord:81..`) or "*" for everyone, per action. `admin` may do everything."""
 
+    #: May start the agent.
     agent: list[str] = Field(default_factory=lambda: ["*"])
-    cancel: list[str] = Field(default_factory=lambda: ["*"])
+    #: May get answers in chat.
+    ask: list[str] = Field(default_factory=lambda: ["*"])
+    #: May cancel other people's runs (everyone may cancel their own).
+    cancel: list[str] = Field(default_factory=list)
+    #: May /share resources out of a channel.
+    share: list[str] = Field(default_factory=lambda: ["*"])
+    #: Everything, plus everyone's /usage and team memories.
     admin: list[str] = Field(default_factory=list)
+
+
+class BudgetSection(_Section):
+    """Spend allowed per day (UTC); unset means no limit."""
+
+    runs_per_day: int | None = Field(default=None, ge=0)
+    tokens_per_day: int | None = Field(default=None, ge=0)
+    cost_per_day: float | None = Field(default=None, ge=0)
+
+
+class Budgets(_Section):
+    """Spend budgets: each person's (across channels) and each channel's (everyone in it)."""
+
+    person: BudgetSection = Field(default_factory=BudgetSection)
+    channel: BudgetSection = Field(default_factory=BudgetSection)
+
+
+class MemorySection(_Section):
+    """What the bot remembers and how much of a model's context it gives to it."""
+
+    #: The share of `llm.context_budget_tokens` the thread is sure of when memories compete
+    #: for it; memories take the rest, and what they leave goes back to the thread.
+    thread_share: float = Field(default=0.6, ge=0.1, le=1)
+    #: Days after which a memory's relevance to a message counts half.
+    half_life_days: float = Field(default=30, gt=0)
+    #: Summarise a thread's older part with this model (default: router.classifier_model);
+    #: without ANTHROPIC_API_KEY the first sentences of each message are kept instead.
+    summary_model: str | None = None
+    #: The longest fact `/remember` keeps, in characters.
+    max_fact_chars: int = Field(default=2000, ge=10, le=20000)
 
 
 class Manifest(_Section):
@@ -168,14 +236,43 @@ class Manifest(_Section):
     llm: LlmSection = Field(default_factory=LlmSection)
     agent: AgentSection = Field(default_factory=AgentSection)
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
+    web: WebSection = Field(default_factory=WebSection)
+    memory: MemorySection = Field(default_factory=MemorySection)
     #: Per-channel settings keyed "platform:channel", e.g. "slack:C0123".
     channels: dict[str, ChannelSection] = Field(default_factory=dict)
+    #: One person, several platform identities: name -> ["slack:U0ALICE", "discord:81234567890"].
+    people: dict[str, list[str]] = Field(default_factory=dict)
     permissions: Permissions = Field(default_factory=Permissions)
+    budgets: Budgets = Field(default_factory=Budgets)
 
-    def allows(self, action: str, user_id: str) -> bool:
-        """Return whether the user may do the action under `permissions`."""
+    def allows(self, action: str, user_id: str, where: Any = None) -> bool:
+        """Return whether the user may do the action (in the thread `where`, when given).
+
+        `admin` may do everything; a channel's own list for an action replaces the top-level one.
+        """
+        return self.granted("admin", user_id, where) or self.granted(action, user_id, where)
+
+    def granted(self, action: str, user_id: str, where: Any = None) -> bool:
+        """Return whether the action's list (the channel's, else the top level) names the user."""
         allowed: list[str] = getattr(self.permissions, action)
-        return "*" in allowed or user_id in allowed
+        if where is not None:
+            channel = self.channels.get(f"{where.platform}:{where.channel}")
+            override = getattr(channel.permissions, action) if channel else None
+            allowed = override if override is not None else allowed
+        platform = getattr(where, "platform", None)
+        return any(self._names(entry, user_id, platform) for entry in allowed)
+
+    def person_of(self, user_id: str, platform: str | None) -> str | None:
+        """Return the `people` name the platform identity belongs to, or None."""
+        for name, identities in self.people.items():
+            if user_id in identities or (platform and f"{platform}:{user_id}" in identities):
+                return name
+        return None
+
+    def _names(self, entry: str, user_id: str, platform: str | None) -> bool:
+        if entry in ("*", user_id) or (platform and entry == f"{platform}:{user_id}"):
+            return True
+        return entry in self.people and self.person_of(user_id, platform) == entry
 
 
 def load_manifest(path: Path | None) -> Manifest:

@@ -19,6 +19,7 @@ import pluggy
 from bot import constants
 from bot.cancel import CancelSignals
 from bot.config import Manifest, Settings, load_manifest
+from bot.context import ContextBuilder
 from bot.db import Database
 from bot.db.inbox import Inbox
 from bot.db.repositories import Conversations, Messages, ProcessedEvents
@@ -47,6 +48,15 @@ log = logging.getLogger(__name__)
 
 #: What a person sees when handling their message failed unexpectedly.
 SOMETHING_WENT_WRONG = "Sorry, something went wrong with that message; the error is in the bot's log."
+#: What a person is told when the manifest's permissions refuse what they asked for.
+NOT_ALLOWED_AGENT = (
+    "You are not allowed to start the coding agent here (the manifest's `permissions.agent`), so I "
+    "did not start it. I can answer in chat: ask with `/ask <question>`."
+)
+NOT_ALLOWED_ASK = ("You are not allowed to get answers from me here (the manifest's `permissions.ask`); "
+                   "an admin can add you.")
+NOT_ALLOWED_ANYTHING = ("You are not allowed to ask me or start the agent here (the manifest's `permissions`); "
+                        "an admin can add you.")
 #: What a thread is told when its work went to a Redis queue that no worker takes jobs from.
 NO_WORKER = "Queued; no worker is running: start `python -m bot worker`."
 #: Dotted path of the job that handles a message routed to a direct answer or the agent.
@@ -86,6 +96,9 @@ class Engine:
         self.redact = Redactor(settings.secret_values)
         self.inbox = Inbox(db.engine)
         self.cancels = CancelSignals(settings.redis_url)
+        #: The context builder the memory plugins answer `recall` with (cached per conversation).
+        self.context = ContextBuilder(db, thread_share=manifest.memory.thread_share,
+                                      half_life_days=manifest.memory.half_life_days)
         self._ports: dict[str, ChatPort] = {}
         self._ports_lock = threading.Lock()
         self._workers_seen: tuple[float, int | None] = (float("-inf"), None)
@@ -152,7 +165,11 @@ class Engine:
         if message.external_id is not None and self.inbox.find(conversation.id, message.external_id):
             return self._duplicate(message, conversation)
         decision = self.hook.route_message(message=message, conversation=conversation, engine=self)
-        reply = self._run_command(message, conversation, decision) if decision.route == Route.COMMAND else None
+        refusal = self.refusal(message, decision)
+        if refusal is not None:
+            reply: Reply | None = self._redacted(refusal)
+        else:
+            reply = self._run_command(message, conversation, decision) if decision.route == Route.COMMAND else None
         try:
             message_id, reply_id = self._store(message, conversation, decision, reply)
         except DuplicateEvent:  # the same delivery raced this one and stored first
@@ -204,12 +221,32 @@ class Engine:
                 reply_id = inbox.add_message(cursor, conversation.id, "assistant", reply.text, reply_to_id=message_id)
         return message_id, reply_id
 
+    def refusal(self, message: Message, decision: RouteDecision) -> str | None:
+        """Return why the speaker may not have what the message was routed to, or None.
+
+        A decided route needs its permission (`agent`, `ask`); an undecided one needs either,
+        since the LLM stage may still choose. Refused here, a request costs no job and no model.
+        """
+        if decision.route == Route.COMMAND:
+            return None
+        may_agent = self.manifest.allows("agent", message.user_id, message.where)
+        may_ask = self.manifest.allows("ask", message.user_id, message.where)
+        if not may_agent and not may_ask:
+            return NOT_ALLOWED_ANYTHING
+        if decision.tentative:
+            return None
+        if decision.route == Route.AGENT and not may_agent:
+            return NOT_ALLOWED_AGENT
+        if decision.route == Route.DIRECT and not may_ask:
+            return NOT_ALLOWED_ASK
+        return None
+
     def _run_command(self, message: Message, conversation: Conversation, decision: RouteDecision) -> Reply:
         command = self.commands.get(decision.command or "")
         if command is None:
             return Reply(f"I don't know the command `{decision.command}`. Type `help` for the list.")
         try:
-            if command.permission and not self.manifest.allows(command.permission, message.user_id):
+            if command.permission and not self.manifest.allows(command.permission, message.user_id, message.where):
                 raise PermissionDenied(f"You are not allowed to use `{command.name}` here ({command.permission} permission).")
             match = command.pattern.search(message.text) if command.pattern else None
             result = command.handler(CommandContext(message, conversation, decision.argument, self, match))
@@ -257,6 +294,21 @@ class Engine:
         clean = Attachment(attachment.filename, self.redact.bytes(attachment.data), attachment.title,
                            self.redact(attachment.comment))
         return self.port_for(conversation.where.platform).upload(conversation.where, clean)
+
+    def open_thread(self, conversation_where: ThreadRef, text: str) -> ThreadRef:
+        """Start a new thread in the conversation's channel with `text` (redacted); return where it is.
+
+        A port with `open_thread` decides what a new thread is (Discord: a thread in the channel;
+        the console: a new thread name); otherwise the text is posted top-level in the channel
+        and that message starts the thread (Slack's model: the thread is the message's ts).
+        """
+        port = self.port_for(conversation_where.platform)
+        text = self.redact(text)
+        opener = getattr(port, "open_thread", None)
+        if callable(opener):
+            return opener(conversation_where, text)
+        channel = ThreadRef(conversation_where.platform, conversation_where.channel, "")
+        return ThreadRef(channel.platform, channel.channel, port.post(channel, Reply(text)))
 
     def upload_limit(self, conversation: Conversation) -> int:
         """Return the largest file, in bytes, the conversation's platform takes in one upload."""

@@ -49,7 +49,7 @@ BUILTIN_PLATFORMS = (
     "adapters.discord_platform",
 )
 #: The core's own variables an agent never gets, whatever the platforms: where the bot's data lives.
-CORE_NEVER_PASSED = ("DATABASE_URL", "REDIS_URL")
+CORE_NEVER_PASSED = ("DATABASE_URL", "REDIS_URL", "BOT_WEB_SECRET")
 #: The validation context key under which `load_manifest` hands the registry to the schema.
 CONTEXT_KEY = "platforms"
 

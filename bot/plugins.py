@@ -28,11 +28,14 @@ DEFAULT_PLUGINS = (
     "plugins.answer.claude",
     "plugins.commands",
     "plugins.resources",
+    "plugins.forks",
     "plugins.runs",
     "plugins.agents.opencode",
+    "plugins.agents.codex",
     "plugins.smalltalk",
     "plugins.memory.thread_history",
     "plugins.memory.channel_notes",
+    "plugins.memory.commands",
     "adapters.ports",
 )
 

@@ -210,6 +210,8 @@ class RunStatus:
     tokens_out: int = 0
     cost: float = 0.0
     note: str = ""
+    #: The signed link to the run's live page (`bot.web_links.run_url`); "" without BOT_PUBLIC_URL.
+    web_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -239,6 +241,17 @@ class AgentRun:
     started_at: datetime | None = None
     heartbeat_at: datetime | None = None
     finished_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Spend:
+    """What agent runs cost over a period, for a person, a channel or everyone."""
+
+    #: "slack:U0ALICE", "slack:C0123", or "" for a total.
+    who: str
+    runs: int
+    tokens: int
+    cost: float
 
 
 @dataclass(frozen=True)
@@ -351,6 +364,9 @@ class AgentTask:
     allow_webfetch: bool = False
     #: Environment variables (beyond the basics) the agent may see; never the bot's secrets.
     env: dict[str, str] = field(default_factory=dict)
+    #: True for a fork's first run: `session_id` is the parent's session (copied into this
+    #: conversation's state by `/fork`), to be forked into a new session, not continued.
+    fork_session: bool = False
 
 
 @dataclass(frozen=True)

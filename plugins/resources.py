@@ -186,5 +186,5 @@ def register_commands() -> list[Command]:
         Command("find", "search the channel's files by name and content", find, usage="/find <words>"),
         Command("show", "preview a file: its details and first lines", show, usage="/show <id or path>"),
         Command("share", "post a file into another channel or thread", share,
-                usage="/share <id> <channel or thread link>"),
+                usage="/share <id> <channel or thread link>", permission="share"),
     ]

@@ -6,19 +6,24 @@ The command only picks the run and words the answer; `bot.runs.cancel` changes i
 from __future__ import annotations
 
 from bot import runs as run_lifecycle
+from bot.budgets import day_start
+from bot.config import BudgetSection
 from bot.db.repositories import Runs
 from bot.errors import CommandError, PermissionDenied
 from bot.hookspecs import hookimpl
-from bot.types import AgentRun, Command, CommandContext, RunState
+from bot.types import AgentRun, Command, CommandContext, RunState, Spend
 
 
 def cancel(context: CommandContext) -> str:
     """Cancel a queued run at once; ask the worker of a running one to stop it."""
     engine, who = context.engine, context.message.user_name or context.message.user_id
-    if not engine.manifest.allows("cancel", context.message.user_id):
-        raise PermissionDenied("You are not allowed to cancel agent runs here.")
+    speaker = context.message.user_id
     with engine.db.reading() as session:
         run = _target(Runs(session), context)
+        own = Runs(session).requester_id(run.id) == speaker
+    if not own and not engine.manifest.allows("cancel", speaker, context.message.where):
+        raise PermissionDenied(f"Run {run.id} is {run.requested_by or 'someone else'}'s: only they, or someone "
+                               "with the cancel permission, may cancel it.")
     stopped = run_lifecycle.cancel(engine, run, who)
     if stopped == RunState.QUEUED:
         return f"Cancelled run {run.id} before it started."
@@ -27,6 +32,34 @@ def cancel(context: CommandContext) -> str:
     with engine.db.reading() as session:
         state = Runs(session).get(run.id).state
     return f"Run {run.id} has already ended ({state.value})."
+
+
+def usage(context: CommandContext) -> str:
+    """Show today's agent spend: the asker's and this channel's (admins: everyone's, every channel's)."""
+    engine, message = context.engine, context.message
+    where, since = message.where, day_start()
+    admin = engine.manifest.allows("admin", message.user_id, where)
+    with engine.db.reading() as session:
+        runs = Runs(session)
+        if admin:
+            people = runs.spend(since, by="person")
+            channels = runs.spend(since, by="channel")
+        else:
+            people = runs.spend(since, platform=where.platform, user_id=message.user_id, by="person")
+            channels = runs.spend(since, platform=where.platform, channel=where.channel, by="channel")
+    budgets = engine.manifest.budgets
+    lines = ["Agent spend today (UTC)" + (", everyone's:" if admin else ", yours and this channel's:")]
+    lines += [_spend_line("person", spend, budgets.person) for spend in people] or ["- you: no runs yet"]
+    lines += [_spend_line("channel", spend, budgets.channel) for spend in channels] or ["- this channel: no runs yet"]
+    return "\n".join(lines)
+
+
+def _spend_line(kind: str, spend: Spend, budget: BudgetSection) -> str:
+    limits = [f"{spend.runs}/{budget.runs_per_day} runs" if budget.runs_per_day is not None else f"{spend.runs} runs",
+              f"{spend.tokens:,}" + (f"/{budget.tokens_per_day:,}" if budget.tokens_per_day is not None else "")
+              + " tokens",
+              f"${spend.cost:.2f}" + (f"/${budget.cost_per_day:.2f}" if budget.cost_per_day is not None else "")]
+    return f"- {kind} `{spend.who}`: " + ", ".join(limits)
 
 
 def _target(runs: Runs, context: CommandContext) -> AgentRun:
@@ -47,4 +80,5 @@ def _target(runs: Runs, context: CommandContext) -> AgentRun:
 
 @hookimpl
 def register_commands() -> list[Command]:
-    return [Command("cancel", "stop this thread's agent run (or run N)", cancel, usage="/cancel [run]")]
+    return [Command("cancel", "stop this thread's agent run (or run N)", cancel, usage="/cancel [run]"),
+            Command("usage", "today's agent spend: yours and this channel's (admins: all)", usage, usage="/usage")]

@@ -23,6 +23,7 @@ from bot.engine import Engine
 from bot.errors import UserFacingError
 from bot.platforms import never_passed_to_agent
 from bot.progress import LiveMessage, render_status
+from bot.run_events import RunBroadcast, feed_for
 from bot.runs import start_run
 from bot.types import (
     AgentOutcome,
@@ -101,25 +102,34 @@ def _run_agent(engine: Engine, run: AgentRun, conversation: Conversation, progre
     channel = engine.manifest.channels.get(channel_key)
     workspaces.prepare(workspace, channel.repo if channel else None)
     progress.workspace = workspace
-    message = Message(where=conversation.where, text=run.prompt, user_id="", user_name=run.requested_by)
+    message = Message(where=conversation.where, text=run.prompt, user_id=_requester(engine, run),
+                      user_name=run.requested_by)
     memories = engine.recall(message, conversation, engine.manifest.llm.context_budget_tokens)
     context = "\n".join(f"- {item.text}" for item in memories) or "- (nothing earlier)"
     agent_settings = engine.manifest.agent
+    session_id, fork_session = _session_to_continue(engine, conversation, run.agent)
     task = AgentTask(
         run_id=run.id,
         workspace=workspace,
         prompt=TASK_TEMPLATE.format(request=run.prompt, context=context),
         state_dir=data_dir / "agent-state" / str(conversation.id),
         timeout_s=agent_settings.timeout_seconds,
-        session_id=_session_of(engine, conversation, run.agent),
+        session_id=session_id,
         model=agent_settings.model,
         allow_webfetch=agent_settings.allow_webfetch,
         env=_passed_env(agent_settings.pass_env, engine.settings.env),
+        fork_session=fork_session,
     )
     with engine.cancels.listen(run.id) as cancel:
         if runs.cancel_requested(engine, run.id):
             cancel.set()
         return agent.run(task, progress.on_event, cancel)
+
+
+def _requester(engine: Engine, run: AgentRun) -> str:
+    """Return the user id of who asked for the run ("" when unknown): their own memories apply."""
+    with engine.db.reading() as session:
+        return Runs(session).requester_id(run.id)
 
 
 def _conclude(engine: Engine, run: AgentRun, conversation: Conversation, outcome: AgentOutcome,
@@ -147,7 +157,7 @@ def _conclude(engine: Engine, run: AgentRun, conversation: Conversation, outcome
     if state == RunState.DONE:
         answer = outcome.final_text or "Done (the agent gave no summary)."
         _post_answer(engine, run, conversation, answer, request_message_id)
-        engine.remember(message=Message(where=conversation.where, text=run.prompt, user_id="",
+        engine.remember(message=Message(where=conversation.where, text=run.prompt, user_id=_requester(engine, run),
                                              user_name=run.requested_by), conversation=conversation, reply=answer)
 
 
@@ -203,6 +213,8 @@ class _Progress:
         self.started = time.monotonic()
         self.seq = 0
         self.workspace: Path | None = None
+        #: The run's live views (the web page) see what the status message sees.
+        self.broadcast = RunBroadcast(feed_for(engine.settings), run.id)
         self._stopped = threading.Event()
         self._lock = threading.Lock()
 
@@ -217,6 +229,7 @@ class _Progress:
             runs.fold_event(self.status, event)
         with self.engine.db.session() as session:
             Runs(session).add_event(self.run.id, seq, event)
+        self.broadcast.event(seq, event)
         self.engine.hook.report_progress(run=self.run, event=event, engine=self.engine)
         self.show()
 
@@ -230,6 +243,7 @@ class _Progress:
         """Show the status as of now; the live message coalesces the edits."""
         snapshot = self.snapshot()
         self.live.update(Reply(render_status(snapshot), status=snapshot, partial=True))
+        self.broadcast.update(snapshot)
 
     def beat(self) -> None:
         """Refresh the heartbeat (and the elapsed time shown) until the run stops."""
@@ -243,8 +257,26 @@ class _Progress:
         self._stopped.set()
 
     def finish(self, reply: Reply) -> None:
-        """Land the final status, after any edit still pending."""
+        """Land the final status, after any edit still pending (in the thread and on live views)."""
         self.live.finish(reply)
+        if reply.status is not None:
+            self.broadcast.finish(reply.status)
+
+
+def _session_to_continue(engine: Engine, conversation: Conversation, agent: str) -> tuple[str | None, bool]:
+    """Return the session the run continues, and whether to fork it (a fork's first run).
+
+    `/fork` left the parent's session on the fork's conversation, copied into its agent state;
+    once a run in the fork has a session of its own, that one is continued.
+    """
+    own = _session_of(engine, conversation, agent)
+    if own or conversation.forked_from_id is None or not conversation.agent_session_id:
+        return own, False
+    with engine.db.reading() as session:
+        earlier = Runs(session).in_conversation(conversation.id)
+    if any(run.session_id for run in earlier):  # another agent's session: none of this one's to fork
+        return None, False
+    return conversation.agent_session_id, True
 
 
 def _session_of(engine: Engine, conversation: Conversation, agent: str) -> str | None:

@@ -10,18 +10,15 @@ import logging
 from dataclasses import replace
 
 from bot import engine as engine_module
+from bot.budgets import over_budget
 from bot.db.repositories import Conversations, Messages
-from bot.engine import Engine
+from bot.engine import NOT_ALLOWED_AGENT, NOT_ALLOWED_ASK, Engine
 from bot.errors import UserFacingError
 from bot.types import Conversation, Message, Route, RouteDecision
 from workers.routing import needs_llm
 
 log = logging.getLogger(__name__)
 
-NOT_ALLOWED_AGENT = (
-    "You are not allowed to start the coding agent here (the manifest's `permissions.agent`), so I "
-    "did not start it. I can answer in chat: ask with `/ask <question>`."
-)
 NO_MODEL_CONFIGURED = (
     "I can't answer that in chat yet: no language model is configured. Set `ANTHROPIC_API_KEY` "
     "in the bot's environment (see the README, Configuration), or send the coding agent with "
@@ -45,7 +42,10 @@ def handle_message(message_id: int, route: str, text: str, tentative: bool) -> N
     try:
         decision = _as_decision(route, text, tentative, stored)
         decided = decision.route
-        if needs_llm(decision, engine.manifest.router.min_confidence):
+        may_agent = engine.manifest.allows("agent", message.user_id, message.where)
+        if not may_agent:
+            decided = Route.DIRECT  # the agent is not theirs to start: no classification needed
+        elif needs_llm(decision, engine.manifest.router.min_confidence):
             decided = _classify(engine, message_id, message, conversation, replace(decision, tentative=True))
         if decided == Route.AGENT:
             _start_agent(engine, message_id, message, conversation)
@@ -78,6 +78,9 @@ def _classify(engine: Engine, message_id: int, message: Message, conversation: C
 
 
 def _answer(engine: Engine, message_id: int, message: Message, conversation: Conversation) -> None:
+    if not engine.manifest.allows("ask", message.user_id, message.where):
+        engine.say(conversation, NOT_ALLOWED_ASK, reply_to=message_id)
+        return
     memories = engine.recall(message, conversation, engine.manifest.llm.context_budget_tokens)
     answer = engine.hook.answer_message(message=message, conversation=conversation, memories=memories,
                                         engine=engine, reply_to=message_id)
@@ -92,8 +95,13 @@ def _start_agent(engine: Engine, message_id: int, message: Message, conversation
     """Start an agent run, if the manifest lets this person start one (whichever stage routed here)."""
     from workers.agent_run import start_run
 
-    if not engine.manifest.allows("agent", message.user_id):
+    if not engine.manifest.allows("agent", message.user_id, message.where):
         log.info("message %s routed to the agent, but %s may not start it", message_id, message.user_id)
         engine.say(conversation, NOT_ALLOWED_AGENT, reply_to=message_id)
+        return
+    spent = over_budget(engine, message)
+    if spent:
+        engine.say(conversation, f"I did not start the agent: {spent}. It starts again tomorrow (UTC); "
+                   "`/usage` shows the spend.", reply_to=message_id)
         return
     start_run(engine, message_id, message, conversation)

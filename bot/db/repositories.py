@@ -13,10 +13,10 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from bot.db.memories import Memories  # noqa: F401 - re-exported: the repositories live together
 from bot.db.models import (
     AgentRunRow,
     ConversationRow,
-    MemoryRow,
     MessageRow,
     ParticipantRow,
     ProcessedEventRow,
@@ -29,11 +29,11 @@ from bot.types import (
     Conversation,
     EventKind,
     HistoryEntry,
-    MemoryItem,
     Route,
     RouteDecision,
     RunEvent,
     RunState,
+    Spend,
     ThreadRef,
     utcnow,
 )
@@ -124,6 +124,30 @@ class Conversations:
             .limit(limit)
         ).all()
         return [(_conversation(row), count) for row, count in rows]
+
+    def get_or_none(self, conversation_id: int) -> Conversation | None:
+        """Return the conversation with this id, or None (it is gone)."""
+        row = self.s.get(ConversationRow, conversation_id)
+        return _conversation(row) if row else None
+
+    def create_fork(self, parent_id: int, where: ThreadRef, title: str = "",
+                    agent_session_id: str | None = None) -> Conversation:
+        """Create the conversation of a fork of `parent_id` in a new thread; return it.
+
+        `agent_session_id` is the parent's agent session the fork's first run forks.
+        """
+        row = ConversationRow(platform=where.platform, channel=where.channel, thread=where.thread, title=title[:200],
+                              forked_from_id=parent_id, agent_session_id=agent_session_id)
+        self.s.add(row)
+        self.s.flush()
+        return _conversation(row)
+
+    def forks_of(self, conversation_id: int) -> list[Conversation]:
+        """Return the conversation's forks, oldest first (fork 1 is the first made)."""
+        rows = self.s.scalars(
+            select(ConversationRow).where(ConversationRow.forked_from_id == conversation_id).order_by(ConversationRow.id)
+        )
+        return [_conversation(row) for row in rows]
 
     def set_agent_session(self, conversation_id: int, session_id: str | None) -> None:
         """Remember the agent session that the conversation's follow-ups continue."""
@@ -276,6 +300,41 @@ class Runs:
         row = self.s.get(AgentRunRow, run_id)
         return _run(row) if row else None
 
+    def spend(self, since: datetime, *, platform: str | None = None, channel: str | None = None,
+              user_id: str | None = None, by: str | None = None) -> list[Spend]:
+        """Return runs, tokens and cost of the runs created since then, filtered, grouped `by` person or channel."""
+        person = ParticipantRow.user_id
+        where_channel = ConversationRow.platform + ":" + ConversationRow.channel
+        keys = {"person": [ConversationRow.platform, person], "channel": [where_channel]}.get(by or "", [])
+        tokens = func.coalesce(func.sum(AgentRunRow.tokens_in + AgentRunRow.tokens_out), 0)
+        query = (select(*keys, func.count(AgentRunRow.id), tokens, func.coalesce(func.sum(AgentRunRow.cost), 0.0))
+                 .join(ConversationRow, ConversationRow.id == AgentRunRow.conversation_id)
+                 .outerjoin(MessageRow, MessageRow.id == AgentRunRow.request_message_id)
+                 .outerjoin(ParticipantRow, ParticipantRow.id == MessageRow.participant_id)
+                 .where(AgentRunRow.created_at >= since))
+        if platform is not None:
+            query = query.where(ConversationRow.platform == platform)
+        if channel is not None:
+            query = query.where(ConversationRow.channel == channel)
+        if user_id is not None:
+            query = query.where(person == user_id)
+        if keys:
+            query = query.group_by(*keys)
+        spends = []
+        for row in self.s.execute(query).all():
+            label = ":".join(str(part) for part in row[:len(keys)])
+            spends.append(Spend(label, int(row[-3]), int(row[-2]), float(row[-1])))
+        return spends
+
+    def requester_id(self, run_id: int) -> str:
+        """Return the platform user id of who asked for the run ("" if unknown)."""
+        user_id = self.s.scalar(
+            select(ParticipantRow.user_id)
+            .join(MessageRow, MessageRow.participant_id == ParticipantRow.id)
+            .join(AgentRunRow, AgentRunRow.request_message_id == MessageRow.id)
+            .where(AgentRunRow.id == run_id))
+        return user_id or ""
+
     def transition(self, run_id: int, to: RunState, *, allowed_from: tuple[RunState, ...], **values: Any) -> bool:
         """Move the run to `to` if it is in one of `allowed_from`; return whether it moved.
 
@@ -356,46 +415,6 @@ class Runs:
         """Return every run in the given state, oldest first."""
         rows = self.s.scalars(select(AgentRunRow).where(AgentRunRow.state == state.value).order_by(AgentRunRow.id))
         return [_run(row) for row in rows]
-
-
-class Memories:
-    """What memory plugins chose to keep."""
-
-    def __init__(self, session: Session) -> None:
-        self.s = session
-
-    def add(self, text: str, *, conversation_id: int | None, tokens: int, kind: str = "note",
-            source_message_id: int | None = None) -> int:
-        """Store one memory; return its id."""
-        row = MemoryRow(conversation_id=conversation_id, text=text, tokens=tokens, kind=kind,
-                        source_message_id=source_message_id)
-        self.s.add(row)
-        self.s.flush()
-        return row.id
-
-    def for_conversation(self, conversation_id: int, kind: str | None = None, limit: int = 50) -> list[MemoryItem]:
-        """Return the conversation's memories, newest first."""
-        query = select(MemoryRow.text, MemoryRow.tokens, MemoryRow.kind).where(MemoryRow.conversation_id == conversation_id)
-        if kind:
-            query = query.where(MemoryRow.kind == kind)
-        rows = self.s.execute(query.order_by(MemoryRow.id.desc()).limit(limit)).all()
-        return [MemoryItem(text=text, source=row_kind, tokens=tokens) for text, tokens, row_kind in rows]
-
-    def in_channel(self, where: ThreadRef, *, kind: str, excluding_conversation: int, limit: int) -> list[MemoryItem]:
-        """Return the channel's newest memories of a kind, from its other conversations."""
-        rows = self.s.execute(
-            select(MemoryRow.text, MemoryRow.tokens)
-            .join(ConversationRow, ConversationRow.id == MemoryRow.conversation_id)
-            .where(
-                ConversationRow.platform == where.platform,
-                ConversationRow.channel == where.channel,
-                MemoryRow.conversation_id != excluding_conversation,
-                MemoryRow.kind == kind,
-            )
-            .order_by(MemoryRow.id.desc())
-            .limit(limit)
-        ).all()
-        return [MemoryItem(text=text, source="channel", tokens=tokens) for text, tokens in rows]
 
 
 class ProcessedEvents:

@@ -24,6 +24,7 @@ from bot.types import Agent, AgentOutcome, AgentTask, EngineAPI, HealthCheck, Ru
 from plugins.agents.cli_runner import CliInvocation, run_cli
 from plugins.agents.opencode_events import parse_line
 from plugins.agents.opencode_model import connection_problem, ping, read_user_config, resolve_endpoint
+from plugins.agents.opencode_sessions import copy_session
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class OpencodeAgent:
         """Return opencode's command line for the task."""
         argv = [str(self.binary), "run", "--format", "json", "--dir", str(task.workspace)]
         if task.session_id:
-            argv += ["--session", task.session_id]
+            argv += ["--session", task.session_id, *(["--fork"] if task.fork_session else [])]
         if task.model:
             argv += ["--model", task.model]
         # After "--", the prompt cannot be read as options (a user typing "--auto"). It goes as
@@ -127,10 +128,15 @@ class ConfiguredOpencode:
                                   f"({problem}). Check its address in OPENCODE_CONFIG, or `python -m bot doctor`.")
         return OpencodeAgent(binary, Path(user_config) if user_config else None).run(task, on_event, cancel)
 
+    def copy_session(self, session_id: str, parent_state: Path, fork_state: Path, fork_workspace: Path) -> bool:
+        """Make the parent's session forkable in a fork's state (see `opencode_sessions`); return whether it is."""
+        return copy_session(session_id, parent_state, fork_state, fork_workspace)
+
 
 @hookimpl
 def check_health(manifest: Manifest, settings: Settings, offline: bool) -> list[HealthCheck]:
-    if manifest.agent.name != NAME:
+    in_use = {manifest.agent.name, *manifest.agent.choosable, *(c.agent for c in manifest.channels.values() if c.agent)}
+    if NAME not in in_use:
         return []
     return [_binary_check(manifest, settings), *_model_checks(manifest, settings, offline)]
 

@@ -474,6 +474,7 @@ def test_the_cancel_button_stops_a_running_agent(tmp_path: Path, slack_server: F
     slack_server.add_user("U0BOB", "bob")
     with agent_engine(tmp_path, Turn.bash("sleep 60", "wait a minute"), Turn.text("never reached")) as engine, \
             socket_adapter(engine, slack_server):
+        engine.manifest.permissions.cancel = ["U0BOB"]  # bob may cancel other people's runs
         _, ts = mention(slack_server, "/agent wait a minute")
         status = slack_server.wait_for(lambda: next((m for m in replies(slack_server, ts) if m.blocks), None))
         slack_server.wait_for(lambda: "running" in status_heads(status)[-1], timeout=30)

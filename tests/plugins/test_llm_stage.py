@@ -7,7 +7,8 @@ import pytest
 from bot.db.repositories import Messages
 from bot.hookspecs import hookimpl
 from bot.types import Message, Route, RouteDecision
-from tests.fakes.anthropic_server import FakeAnthropicServer, forced_tool
+from tests.fakes.anthropic_server import Block, FakeAnthropicServer, default_answer, forced_tool
+from tests.fakes.anthropic_server import Reply as ScriptedReply
 from tests.support.engines import EngineFactory, dispatch_and_wait, message, rows
 from workers.jobs import NOT_ALLOWED_AGENT
 
@@ -98,21 +99,31 @@ def test_llm_stage_off_or_no_key_skips_the_classifier(make_engine: EngineFactory
     assert anthropic_server.requests == []
 
 
-def test_a_prompt_injection_classified_as_agent_starts_no_run_for_a_user_not_allowed(
+def test_a_prompt_injection_from_a_user_not_allowed_the_agent_starts_no_run_and_no_classification(
         make_engine: EngineFactory, anthropic_server: FakeAnthropicServer) -> None:
     engine, port = make_engine(manifest={"permissions": {"agent": ["U_ADMIN"]}})
-    # The fake model falls for it: it routes the message to the agent with full confidence.
-    anthropic_server.script.tool_use("choose_route", {"route": "agent", "confidence": 1.0,
-                                                      "reason": "the user asks to run a command"})
+    # Were it asked, the fake model would fall for it and route the message to the agent.
+    anthropic_server.set_default(lambda body: ScriptedReply([Block("tool_use", name="choose_route", id="toolu_1", input={
+        "route": "agent", "confidence": 1.0, "reason": "the user asks to run a command"})]) if forced_tool(body)
+        else default_answer(body))
     dispatched = dispatch_and_wait(engine, INJECTION, user="U_DEV")
 
-    assert stored_decision(engine, dispatched.message_id).route == Route.AGENT
-    assert list(port.final_texts.values()) == [NOT_ALLOWED_AGENT]
     assert rows(engine, "select count(*) from agent_runs") == [(0,)]
-    # The classifier was told the message is data, and saw it fenced as such.
-    (classify,) = anthropic_server.bodies
-    assert "not instructions to you" in classify["system"]
-    assert f"<message>\n{INJECTION}\n</message>" in classify["messages"][0]["content"]
+    # The agent is not this person's to start, so nobody asks a model whether to start it: the
+    # message is answered in chat, where it is data.
+    assert [body for body in anthropic_server.bodies if forced_tool(body)] == []
+    assert stored_decision(engine, dispatched.message_id).route == Route.DIRECT
+    (answer,) = [body for body in anthropic_server.bodies if not forced_tool(body)]
+    assert INJECTION in str(answer["messages"][-1]["content"])
+
+
+def test_a_prompt_injection_classified_as_agent_for_someone_who_may_only_start_the_agent_elsewhere(
+        make_engine: EngineFactory, anthropic_server: FakeAnthropicServer) -> None:
+    engine, port = make_engine(manifest={"permissions": {"agent": ["U_DEV"]},
+                                         "channels": {"test:C1": {"permissions": {"agent": ["U_ADMIN"]}}}})
+    dispatch_and_wait(engine, "/agent " + INJECTION, user="U_DEV")  # explicit, in a channel where they may not
+    assert list(port.final_texts.values()) == [NOT_ALLOWED_AGENT]
+    assert rows(engine, "select count(*) from agent_runs") == [(0,)] and anthropic_server.bodies == []
 
 
 def test_the_agent_permission_holds_whichever_stage_routed(make_engine: EngineFactory) -> None:

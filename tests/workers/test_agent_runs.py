@@ -92,7 +92,10 @@ def test_cancel_ends_the_whole_process_tree_within_five_seconds(tmp_path: Path, 
                                                                 make_engine: EngineBuilder) -> None:
     marker = f"sleep 30{int(time.time()) % 10}"  # unique enough to find in /proc
     model.script(Turn.bash(marker, timeout_ms=600_000), Turn.text("never reached"))
-    engine, view = make_engine(agent_settings(tmp_path, model))
+    settings = agent_settings(tmp_path, model)
+    manifest = Path(settings.manifest_path)  # bo may cancel other people's runs
+    manifest.write_text(manifest.read_text().replace("  cancel: []", "  cancel: [U2]"))
+    engine, view = make_engine(settings)
     ask(engine, f"/agent run {marker}")
     wait_until(lambda: processes_with(marker, starting=True), 60, "the agent's sleep to start")
     started = time.monotonic()

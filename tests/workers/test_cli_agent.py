@@ -28,7 +28,8 @@ PLUGIN = "tests.workers.toy_agent_plugin"
 @pytest.fixture
 def toy(make_engine: EngineBuilder) -> tuple[Engine, RecordingPort]:
     """An engine whose agent is the toy, loaded from the manifest like third-party code."""
-    return make_engine(manifest={"plugins": {"modules": [PLUGIN]}, "agent": {"name": "toy"}})
+    return make_engine(manifest={"plugins": {"modules": [PLUGIN]}, "agent": {"name": "toy"},
+                                 "permissions": {"cancel": ["U2"]}})  # bo may cancel anyone's run
 
 
 def state_of(engine: Engine, run_id: int) -> RunState:
