@@ -27,8 +27,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import text
@@ -36,12 +34,12 @@ from sqlalchemy import text
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.measure import percentile, postgres  # noqa: E402
 from bot.context import ContextBuilder  # noqa: E402
 from bot.db import Database  # noqa: E402
 from bot.db.repositories import Conversations, Memories  # noqa: E402
 from bot.memory import MemoryKind, estimate_tokens, scopes_for  # noqa: E402
 from bot.types import Conversation, Message, ThreadRef, utcnow  # noqa: E402
-from tests.support import servers  # noqa: E402
 
 #: What recall and context building may cost per message at 100,000 memories (the issue's target).
 TARGET_P95_MS = 50.0
@@ -113,12 +111,6 @@ def load(db: Database, count: int, rng: random.Random) -> tuple[list[Conversatio
     return threads, count / spent
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Return the q-th percentile (0-100) by nearest rank."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
-
-
 def measure(url: str, count: int, query_count: int) -> dict[str, float]:
     """Store `count` memories in a fresh database, time recall and context building; return the figures."""
     rng = random.Random(SEED)
@@ -156,17 +148,6 @@ def measure(url: str, count: int, query_count: int) -> dict[str, float]:
         figures[f"{name}_p50"] = statistics.median(values) * 1000
         figures[f"{name}_p95"] = percentile(values, 95) * 1000
     return figures
-
-
-@contextmanager
-def postgres() -> Iterator[str | None]:
-    """Yield the URL of a throw-away PostgreSQL, or None (with a message) when it cannot start."""
-    try:
-        with servers.postgres_server() as url:
-            yield url
-    except FileNotFoundError as exc:
-        print(f"PostgreSQL skipped: {exc}", file=sys.stderr)
-        yield None
 
 
 def main() -> int:

@@ -22,16 +22,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.measure import percentile, postgres  # noqa: E402
 from bot.db import Database  # noqa: E402
 from bot.db.repositories import Conversations, Resources  # noqa: E402
 from bot.types import ThreadRef  # noqa: E402
-from tests.support import servers  # noqa: E402
 
 #: The `/find` latency the chat command can afford at 100,000 resources (see the docstring).
 TARGET_P95_MS = 20.0
@@ -153,12 +152,6 @@ def queries(count: int) -> list[tuple[int, str]]:
     return made
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Return the q-th percentile (0-100) by nearest rank."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
-
-
 def measure(url: str, blob_dir: Path, count: int, query_count: int) -> dict[str, float]:
     """Index `count` resources into a fresh database, time the queries; return the figures."""
     db = Database(url)
@@ -200,17 +193,6 @@ def _add(db: Database, blob_dir: Path, threads: list[list[int]], placement: rand
         resources = Resources(session, blob_dir)
         for _index, path, data in batch:
             resources.add(conversation, path, data, kind="file", requested_by="U1")
-
-
-@contextmanager
-def postgres() -> Iterator[str | None]:
-    """Yield the URL of a throw-away PostgreSQL, or None (with a message) when it cannot start."""
-    try:
-        with servers.postgres_server() as url:
-            yield url
-    except FileNotFoundError as exc:
-        print(f"PostgreSQL skipped: {exc}", file=sys.stderr)
-        yield None
 
 
 def main() -> int:

@@ -13,13 +13,14 @@ parser. See `bot.types.Agent` for the protocol an agent implements.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 from bot.types import AgentOutcome, AgentTask, EventKind, RunEvent
 from plugins.agents.process_tree import kill_tree, spawn
@@ -55,6 +56,18 @@ class CliInvocation:
     #: Variables of the agent's own (offline switches, its config path), laid over the
     #: scrubbed environment; `AgentTask.env` (the manifest's pass_env) is laid over these.
     env: Mapping[str, str] = field(default_factory=dict)
+
+
+def json_object(line: str) -> dict[str, Any] | None:
+    """Return the JSON object one output line holds, or None for anything else (noise, a banner)."""
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def agent_environment(task: AgentTask, extra: Mapping[str, str] = ()) -> dict[str, str]:

@@ -13,12 +13,12 @@ has no metadata for): it is kept as a STEP, never as an ERROR that would fail th
 
 from __future__ import annotations
 
-import json
 import shlex
 from pathlib import Path
 from typing import Any
 
 from bot.types import EventKind, RunEvent
+from plugins.agents.cli_runner import json_object
 
 #: Characters of a command or path shown in a checklist line.
 LABEL_CHARS = 80
@@ -30,14 +30,8 @@ CHANGE_VERBS = {"add": "wrote", "update": "edited", "delete": "deleted"}
 
 def parse_line(line: str) -> tuple[RunEvent | None, str | None]:
     """Return the event a line holds (None for noise) and the session (thread) id it names."""
-    line = line.strip()
-    if not line.startswith("{"):
-        return None, None
-    try:
-        data = json.loads(line)
-    except ValueError:
-        return None, None
-    if not isinstance(data, dict):
+    data = json_object(line)
+    if data is None:
         return None, None
     session = data.get("thread_id") if data.get("type") == "thread.started" else None
     return to_event(data), session

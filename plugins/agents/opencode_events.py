@@ -6,11 +6,11 @@ on opencode 1.18.33). Unknown types are kept as STEP events so nothing is lost f
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from bot.types import EventKind, RunEvent
+from plugins.agents.cli_runner import json_object
 
 #: Characters of a tool's command or path shown in a checklist line.
 LABEL_CHARS = 80
@@ -18,14 +18,8 @@ LABEL_CHARS = 80
 
 def parse_line(line: str) -> tuple[RunEvent | None, str | None]:
     """Return the event a line holds (None for noise) and the session id it carries."""
-    line = line.strip()
-    if not line.startswith("{"):
-        return None, None
-    try:
-        data = json.loads(line)
-    except ValueError:
-        return None, None
-    if not isinstance(data, dict):
+    data = json_object(line)
+    if data is None:
         return None, None
     return to_event(data), data.get("sessionID")
 
