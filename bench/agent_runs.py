@@ -13,6 +13,10 @@ Part 2 (the CLI alone): a cold `opencode run` per task against a warm `opencode 
 worker with `run --attach`, timing the first event and the whole run, and checking whether the
 run's final text arrives at all.
 
+Part 2b (`--warm` runs only this): cold against warm through the engine, in one run: per mode,
+a new conversation and then a follow-up in it, timing enqueue -> first agent event and the whole
+short run, and the peak RSS of every process below the bench (the warm row includes the server).
+
 Part 3 (`--compare` runs only this): both agents, cold, one CLI start per task with the same
 script shape (write a file, run it, answer): opencode against the chat-completions endpoint,
 Codex (`codex exec --json`, its workspace-write sandbox on) against the Responses endpoint of
@@ -46,6 +50,9 @@ from tests.support.servers import free_port, wait_for_port  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 CODEX_BIN = REPO / "node_modules" / ".bin" / "codex"
 FIRST_PROGRESS_TARGET_S = 1.0
+#: Issue 14's targets for the warm server: enqueue -> first agent event, p50.
+WARM_FOLLOW_UP_TARGET_S = 0.3
+WARM_NEW_TARGET_S = 1.5
 
 
 def script() -> list[Turn]:
@@ -154,6 +161,70 @@ def through_engine(runs: int) -> list[dict[str, float]]:
                 "peak_rss_mb": memory.peak_kb / 1024,
             })
     return results
+
+
+def engine_modes(runs: int) -> dict[str, dict[str, list[float]]]:
+    """Return per-mode figures of new-conversation and follow-up runs through the engine."""
+    from plugins.agents.opencode_server import stop_all
+
+    results: dict[str, dict[str, list[float]]] = {}
+    for mode in ("cold", "warm"):
+        rows: dict[str, list[float]] = {"new_first_s": [], "follow_first_s": [], "new_run_s": [],
+                                        "follow_run_s": [], "peak_rss_mb": []}
+        with tempfile.TemporaryDirectory(prefix=f"tw-bench-{mode}-") as scratch, FakeOpenAIServer() as model, \
+                TreeMemory() as memory:
+            root = Path(scratch)
+            config = root / "opencode.json"
+            model.write_opencode_config(config)
+            settings = Settings.from_env({"BOT_DATA_DIR": str(root / "data"), "OPENCODE_CONFIG": str(config),
+                                          "BOT_MANIFEST": str(REPO / "manifest.yml")})
+            engine = Engine.from_settings(settings, load_entrypoints=False)
+            engine.manifest.agent.mode = mode  # type: ignore[assignment]
+            set_current(engine)
+            engine.attach_port(TimedThread())
+            clock = EventClock()
+            engine.pm.register(clock, name="bench-clock")
+            if mode == "warm":
+                warm_up = engine.agents["opencode"].warm_up  # type: ignore[attr-defined]
+                print(f"  {warm_up()}")  # as `python -m bot worker` does at start
+            enqueued: list[float] = []
+            original_enqueue = engine.queue.enqueue
+
+            def timed_enqueue(func, *args, _times=enqueued, _enqueue=original_enqueue, **kwargs):
+                if func == "workers.agent_run.run_agent":
+                    _times.append(time.perf_counter())
+                return _enqueue(func, *args, **kwargs)
+
+            engine.queue.enqueue = timed_enqueue  # type: ignore[method-assign]
+            for n in range(runs):
+                for kind in ("new", "follow"):
+                    model.script(Turn.bash("echo hi > hi.txt"), Turn.text("Wrote hi.txt."))
+                    seen = len(clock.times)
+                    engine.dispatch(Message(where=ThreadRef("bench", "C", f"T{n}"), text=f"/agent {kind} task",
+                                            user_id="U", user_name="bench"))
+                    engine.queue.wait(timeout=300)
+                    end = time.perf_counter()
+                    rows[f"{kind}_first_s"].append(clock.times[seen] - enqueued[-1])
+                    rows[f"{kind}_run_s"].append(end - enqueued[-1])
+            rows["peak_rss_mb"].append(memory.peak_kb / 1024)
+            engine.close()
+            stop_all()
+        results[mode] = rows
+    return results
+
+
+def print_modes(runs: int) -> None:
+    """Print cold against warm through the engine (medians)."""
+    rows = engine_modes(runs)
+    print(f"cold `opencode run` against the warm server, through the engine, median of {runs}")
+    print(f"{'mode':<6} {'new: first event':>17} {'new: run':>9} {'follow-up: first event':>23} {'follow-up: run':>15}"
+          f" {'peak RSS':>9}")
+    for mode, row in rows.items():
+        print(f"{mode:<6} {statistics.median(row['new_first_s']):>16.2f}s {statistics.median(row['new_run_s']):>8.2f}s"
+              f" {statistics.median(row['follow_first_s']):>22.2f}s {statistics.median(row['follow_run_s']):>14.2f}s"
+              f" {max(row['peak_rss_mb']):>7.0f}MB")
+    print(f"targets (warm): follow-up first event p50 < {WARM_FOLLOW_UP_TARGET_S} s, new conversation "
+          f"< {WARM_NEW_TARGET_S} s (issue 14)")
 
 
 def cli_runs(runs: int, warm: bool) -> list[dict[str, float]]:
@@ -272,12 +343,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=3, help="runs per measurement (default 3)")
     parser.add_argument("--compare", action="store_true", help="only part 3: opencode vs Codex, side by side")
+    parser.add_argument("--warm", action="store_true", help="only part 2b: cold against warm through the engine")
     args = parser.parse_args()
     for binary in (OPENCODE_BIN, CODEX_BIN):
         if not binary.exists():
             raise SystemExit(f"no {binary.name} binary at {binary}: run `npm install` in {REPO}")
     if args.compare:
         print_comparison(args.n)
+        return 0
+    if args.warm:
+        print_modes(args.n)
         return 0
 
     engine_rows = through_engine(args.n)
@@ -304,6 +379,8 @@ def main() -> int:
         print(f"{label:<34} {median(rows, 'first_event_s'):>11.2f}s {median(rows, 'run_s'):>9.2f}s"
               f" {arrived:>5}/{len(rows):<5} {median(rows, 'peak_rss_mb'):>7.0f}MB")
     print("(peak RSS counts every process the mode needs: the warm row includes the server)")
+    print()
+    print_modes(args.n)
     print()
     print_comparison(args.n)
     return 0

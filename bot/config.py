@@ -13,7 +13,7 @@ import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import platformdirs
 import yaml
@@ -139,6 +139,16 @@ class AgentSection(_Section):
     pass_env: list[str] = Field(default_factory=list)
     #: A running run whose worker has not reported for this long is marked failed.
     stale_after_seconds: int = Field(default=constants.RUN_STALE_AFTER_S, ge=5)
+    #: opencode only: "warm" runs on one `opencode serve` per worker process (a follow-up's first
+    #: event in ~0.2 s instead of ~4 s), "cold" starts `opencode run` per run. A warm run the
+    #: server cannot take falls back to the cold path. Cold by default until warm has run in
+    #: RQ's forked work-horses under the whole suite (see plugins/agents/opencode_server.py).
+    mode: Literal["warm", "cold"] = "cold"
+    #: The warm server is restarted (between runs) once its RSS passes this (PLATFORM_FACTS:
+    #: ~300 MB idle, +60-70 MB per new directory, GBs after days, #20695).
+    server_max_rss_mb: int = Field(default=1500, ge=200)
+    #: The warm server is restarted between runs after this many runs; 0: never for that reason.
+    server_max_runs: int = Field(default=0, ge=0)
 
 
 class ResourcesSection(_Section):

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 #: The job that executes one run, named by dotted path (the core imports no worker module).
 RUN_JOB = "workers.agent_run.run_agent"
+#: The STEP event an agent sends when a tool starts (its text is the checklist label).
+RUNNING_STEP = "tool-running"
 #: States a run can still leave.
 ACTIVE = (RunState.QUEUED, RunState.RUNNING)
 #: `/agent --with NAME <task>` (or `!agent ...`): the agent picked for one run (agent.choosable).
@@ -210,13 +212,17 @@ def cancelled_by(engine: Engine, run_id: int) -> str:
 
 
 def fold_event(status: RunStatus, event: RunEvent) -> None:
-    """Apply one agent event to a run's status: a checklist line, the latest words, tokens, an error."""
-    if event.kind == EventKind.TOOL:
-        status.checklist.append((event.text, event.status == "completed"))
-        overflow = len(status.checklist) - constants.STATUS_CHECKLIST_ITEMS
-        if overflow > 0:
-            status.hidden_items += overflow
-            del status.checklist[:overflow]
+    """Apply one agent event to a run's status: a checklist line, the latest words, tokens, an error.
+
+    A step in progress (`RUNNING_STEP`, from agents that report tools as they start) shows as an
+    open line until its outcome replaces it.
+    """
+    if event.kind == EventKind.STEP and event.name == RUNNING_STEP:
+        _add_step(status, (event.text, None))
+    elif event.kind == EventKind.TOOL:
+        if (event.text, None) in status.checklist:
+            status.checklist.remove((event.text, None))
+        _add_step(status, (event.text, event.status == "completed"))
     elif event.kind == EventKind.TEXT and event.text.strip():
         status.latest_text = event.text
     elif event.kind == EventKind.TOKENS:
@@ -225,6 +231,14 @@ def fold_event(status: RunStatus, event: RunEvent) -> None:
         status.cost += event.cost
     elif event.kind == EventKind.ERROR:
         status.note = f"Error: {event.text}"
+
+
+def _add_step(status: RunStatus, step: tuple[str, bool | None]) -> None:
+    status.checklist.append(step)  # type: ignore[arg-type]
+    overflow = len(status.checklist) - constants.STATUS_CHECKLIST_ITEMS
+    if overflow > 0:
+        status.hidden_items += overflow
+        del status.checklist[:overflow]
 
 
 def status_of(engine: Engine, run_id: int, note: str = "") -> RunStatus:

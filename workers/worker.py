@@ -24,12 +24,25 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
     reaper = Reaper(engine).start()
     connection = engine.queue.connection  # type: ignore[attr-defined]
     rq_worker = Worker([Queue(constants.QUEUE_NAME, connection=connection)], connection=connection, name=name)
-    ready(ready_line(engine, rq_worker.name))
+    # An agent with a server per worker (opencode, agent.mode: warm) starts it here, in the
+    # worker process: RQ's work-horses are forked per job and borrow it.
+    warm = [line for agent in engine.agents.values() if (line := _warm_up(agent))]
+    ready(ready_line(engine, rq_worker.name) + "".join(f"; {line}" for line in warm))
     try:
         rq_worker.work(burst=burst, with_scheduler=with_scheduler, logging_level="WARNING")
     finally:
         reaper.stop()
+        for agent in engine.agents.values():
+            shut_down = getattr(agent, "shut_down", None)
+            if shut_down is not None:
+                shut_down()
     return 0
+
+
+def _warm_up(agent: object) -> str:
+    """Start the agent's long-lived part if it has one (`warm_up`); return what it says of it."""
+    warm_up = getattr(agent, "warm_up", None)
+    return warm_up() if warm_up is not None else ""
 
 
 def ready_line(engine: Engine, worker_name: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import threading
 from collections.abc import Callable
@@ -20,11 +21,14 @@ from typing import Any
 from bot.config import Manifest, Settings, resolve_agent_binary
 from bot.errors import UserFacingError
 from bot.hookspecs import hookimpl
+from bot.platforms import never_passed_to_agent
 from bot.types import Agent, AgentOutcome, AgentTask, EngineAPI, HealthCheck, RunEvent
 from plugins.agents.cli_runner import CliInvocation, run_cli
 from plugins.agents.opencode_events import parse_line
 from plugins.agents.opencode_model import connection_problem, ping, read_user_config, resolve_endpoint
+from plugins.agents.opencode_server import ServerSpec, server_for, stop_all
 from plugins.agents.opencode_sessions import copy_session
+from plugins.agents.opencode_warm import WarmRun
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +88,17 @@ class OpencodeAgent:
         return [*argv, "--", task.prompt]
 
     def _write_config(self, task: AgentTask) -> Path:
-        config = read_user_config(str(self.user_config) if self.user_config else None)
-        config.update({"permission": permission_rules(task.allow_webfetch), "autoupdate": False, "share": "disabled"})
         task.state_dir.mkdir(parents=True, exist_ok=True)
         path = task.state_dir / "opencode.json"
-        path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+        path.write_text(agent_config(self.user_config, task.allow_webfetch), encoding="utf-8")
         return path
+
+
+def agent_config(user_config: Path | None, allow_webfetch: bool) -> str:
+    """Return the opencode config a run (or the warm server) gets: the user's, the bot's rules over it."""
+    config = read_user_config(str(user_config) if user_config else None)
+    config.update({"permission": permission_rules(allow_webfetch), "autoupdate": False, "share": "disabled"})
+    return json.dumps(config, indent=2, sort_keys=True)
 
 
 @hookimpl
@@ -109,6 +118,8 @@ class ConfiguredOpencode:
     def __init__(self, settings: Settings, manifest: Manifest) -> None:
         self.settings = settings
         self.manifest = manifest
+        #: The worker process's pid (a forked RQ work-horse keeps it): it names the server's state.
+        self._owner_pid = os.getpid()
 
     def run(self, task: AgentTask, on_event: Callable[[RunEvent], None], cancel: threading.Event) -> AgentOutcome:
         """Check the binary and the model, then run the task with opencode; return how it ended."""
@@ -126,11 +137,58 @@ class ConfiguredOpencode:
         if problem:
             raise UserFacingError(f"The agent's model {endpoint.name} cannot be reached at {endpoint.base_url} "
                                   f"({problem}). Check its address in OPENCODE_CONFIG, or `python -m bot doctor`.")
-        return OpencodeAgent(binary, Path(user_config) if user_config else None).run(task, on_event, cancel)
+        cold = OpencodeAgent(binary, Path(user_config) if user_config else None)
+        if manifest.agent.mode == "cold":
+            return cold.run(task, on_event, cancel)
+        server = server_for(self._server_spec(binary, task.allow_webfetch, task.env))
+        return WarmRun(server, cold, self._server_states()).run(task, on_event, cancel)
+
+    def warm_up(self) -> str:
+        """Start this worker's opencode server now (warm mode); return a line for the ready message."""
+        agent = self.manifest.agent
+        in_use = {agent.name, *agent.choosable, *(c.agent for c in self.manifest.channels.values() if c.agent)}
+        if NAME not in in_use:
+            return ""
+        binary = resolve_agent_binary(self.manifest, self.settings)
+        if agent.mode != "warm" or binary is None or not (agent.model or self.settings.get("OPENCODE_CONFIG")):
+            return f"opencode {agent.mode}"
+        env = passed_env(agent.pass_env, self.settings.env)
+        server = server_for(self._server_spec(binary, agent.allow_webfetch, env))
+        try:
+            server.ensure()
+        except Exception as exc:  # boundary: worker start; runs fall back to the cold path
+            log.warning("the opencode server did not start: %s", exc)
+            return f"opencode warm (server not started: {exc}; runs fall back to cold)"
+        return f"opencode warm (server pid {server.pid} on {server.url})"
+
+    def shut_down(self) -> None:
+        """Stop the opencode servers this process started."""
+        stop_all()
+
+    def _server_spec(self, binary: Path, allow_webfetch: bool, env: dict[str, str]) -> ServerSpec:
+        agent = self.manifest.agent
+        user_config = self.settings.get("OPENCODE_CONFIG")
+        return ServerSpec(
+            binary=binary,
+            config=agent_config(Path(user_config) if user_config else None, allow_webfetch),
+            env=tuple(sorted({**OFFLINE_ENV, **env}.items())),
+            state_dir=self._server_states() / f"server-{self._owner_pid}",
+            max_rss_mb=agent.server_max_rss_mb,
+            max_runs=agent.server_max_runs,
+        )
+
+    def _server_states(self) -> Path:
+        return self.settings.data_dir / "agent-state"
 
     def copy_session(self, session_id: str, parent_state: Path, fork_state: Path, fork_workspace: Path) -> bool:
         """Make the parent's session forkable in a fork's state (see `opencode_sessions`); return whether it is."""
         return copy_session(session_id, parent_state, fork_state, fork_workspace)
+
+
+def passed_env(names: list[str], environment: dict[str, str]) -> dict[str, str]:
+    """Return the listed variables the agent may see (as `workers.agent_run` passes them per run)."""
+    never = never_passed_to_agent()
+    return {name: environment[name] for name in names if not name.startswith(never) and environment.get(name)}
 
 
 @hookimpl

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bot.runs import RUNNING_STEP
 from bot.types import EventKind, RunEvent
 from plugins.agents.cli_runner import json_object
 
@@ -68,3 +69,73 @@ def tool_label(tool: str, arguments: dict[str, Any], title: str) -> str:
 def _short(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= LABEL_CHARS else text[: LABEL_CHARS - 1] + "…"
+
+
+class ServerEvents:
+    """Turns one session's `opencode serve` events into the same `RunEvent`s as `run`'s lines.
+
+    The server wraps `run`'s parts in `message.part.updated` (PLATFORM_FACTS, opencode_probe.md):
+    a part is sent again each time it changes, so a tool is reported once as it starts (a STEP
+    named `tool-running`, shown as the step in progress) and once when it ends (a TOOL with its
+    outcome), and a text part once, when complete. Only parts of the assistant's messages
+    count: the user's prompt is a text part too.
+    """
+
+    def __init__(self) -> None:
+        self.assistant_messages: set[str] = set()
+        self.user_messages: set[str] = set()
+        self._reported: set[tuple[str, str]] = set()
+        #: True once the session has said it is idle (the run may be over: reconcile).
+        self.idle = False
+
+    def translate(self, payload: dict[str, Any]) -> list[RunEvent]:
+        """Return the run events one server event holds (often none)."""
+        kind = payload.get("type", "")
+        properties = payload.get("properties") or {}
+        if kind == "message.updated":
+            info = properties.get("info") or {}
+            role_set = self.assistant_messages if info.get("role") == "assistant" else self.user_messages
+            role_set.add(str(info.get("id", "")))
+            return []
+        if kind == "session.idle" or (kind == "session.status" and (properties.get("status") or {}).get("type") == "idle"):
+            self.idle = True
+            return []
+        if kind == "session.status":
+            self.idle = False
+            return []
+        if kind == "session.error":
+            error = properties.get("error") or {}
+            return [to_event({"type": "error", "error": error})]
+        if kind == "message.part.updated":
+            return self._part(properties.get("part") or {})
+        return []
+
+    def _part(self, part: dict[str, Any]) -> list[RunEvent]:
+        part_type, part_id = part.get("type", ""), str(part.get("id", ""))
+        if str(part.get("messageID", "")) in self.user_messages:
+            return []
+        raw = {"type": part_type, "sessionID": part.get("sessionID"), "part": part}
+        if part_type == "tool":
+            state = part.get("state") or {}
+            status = str(state.get("status", ""))
+            if status == "running" and self._first(part_id, "running"):
+                label = tool_label(str(part.get("tool", "tool")), state.get("input") or {}, state.get("title") or "")
+                return [RunEvent(EventKind.STEP, name=RUNNING_STEP, text=label, status="running", raw=raw)]
+            if status in ("completed", "error") and self._first(part_id, "done"):
+                return [to_event({**raw, "type": "tool_use"})]
+            return []
+        if part_type == "text" and (part.get("time") or {}).get("end") \
+                and str(part.get("messageID", "")) in self.assistant_messages and self._first(part_id, "text"):
+            return [to_event({**raw, "type": "text"})]
+        if part_type == "step-finish" and self._first(part_id, "finish"):
+            return [to_event({**raw, "type": "step_finish"})]
+        if part_type == "step-start" and self._first(part_id, "start"):
+            return [to_event({**raw, "type": "step_start"})]
+        return []
+
+    def _first(self, part_id: str, stage: str) -> bool:
+        key = (part_id, stage)
+        if key in self._reported:
+            return False
+        self._reported.add(key)
+        return True

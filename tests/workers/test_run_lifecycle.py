@@ -77,3 +77,16 @@ def test_the_next_queued_run_of_a_thread_is_claimed_only_in_its_turn(engine, por
     assert runs.claim(engine, first)
     assert not runs.claim(engine, second)  # one at a time per thread
     assert runs.status_of(engine, second).queue_position == 1
+
+
+def test_a_step_in_progress_shows_until_its_outcome_replaces_it() -> None:
+    from bot.progress import render_status
+    from bot.runs import RUNNING_STEP, fold_event
+    from bot.types import EventKind, RunEvent, RunState, RunStatus
+
+    status = RunStatus(run_id=5, state=RunState.RUNNING, agent="opencode")
+    fold_event(status, RunEvent(EventKind.TOOL, name="write", text="wrote `a.py`", status="completed"))
+    fold_event(status, RunEvent(EventKind.STEP, name=RUNNING_STEP, text="ran `pytest -q`", status="running"))
+    assert "… ran `pytest -q`" in render_status(status).splitlines()
+    fold_event(status, RunEvent(EventKind.TOOL, name="bash", text="ran `pytest -q`", status="error"))
+    assert status.checklist == [("wrote `a.py`", True), ("ran `pytest -q`", False)]

@@ -1,0 +1,248 @@
+"""One agent run on the warm opencode server, over HTTP; the cold `opencode run` when it cannot be.
+
+    session (continue it, or POST /session) ─► subscribe to its events ─► POST prompt_async
+        ─► server events ─► ServerEvents ─► on_event ─► idle ─► reconcile from
+           GET /session/:id/message (prompt_async answers 204 even on failure, #32010)
+    cancel or timeout ─► POST /session/:id/abort (its bash tools die with it)
+    server unreachable, or gone mid-run ─► the cold path finishes the run
+
+A session lives in the database of the server that made it (the worker's state, not the
+conversation's): a cold fallback for such a session runs on that state directory, so it
+continues the same history.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx2 as httpx
+
+from bot.types import AgentOutcome, AgentTask, EventKind, RunEvent
+from plugins.agents.opencode_events import ServerEvents
+from plugins.agents.opencode_server import SERVER_LOST, OpencodeServer, ServerUnavailable, directory_header
+
+if TYPE_CHECKING:
+    from plugins.agents.opencode import OpencodeAgent
+
+log = logging.getLogger(__name__)
+
+#: Seconds between the run's looks at cancel, its deadline and the server's life.
+POLL_S = 0.2
+#: Seconds without an event after which the run asks the server how the session stands
+#: (an idle event may be lost; a session may be stuck "busy", #35472).
+RECONCILE_AFTER_S = 5.0
+#: Silent reconciles with no answer to the prompt before the run fails (#32010: a failed
+#: prompt_async still answers 204).
+UNANSWERED_CHECKS = 6
+#: Seconds an aborted session gets to say it is idle (abort took ~30 ms in the probe).
+ABORT_WAIT_S = 3.0
+#: opencode's database inside a state dir (XDG_DATA_HOME/opencode/opencode.db, 1.18).
+DATABASE = Path("xdg_data_home") / "opencode" / "opencode.db"
+#: What the cold path is told when it takes over a run whose prompt the server already had.
+CONTINUE_PROMPT = ("The agent was restarted in the middle of the task above. Continue it from where it stopped "
+                   "(check the workspace first), then end with the summary asked for.")
+
+
+def session_rules(allow_webfetch: bool) -> list[dict[str, str]]:
+    """Return the per-session permission rules `opencode run` adds itself (the serve API does not)."""
+    rules = [{"permission": name, "action": "deny", "pattern": "*"} for name in ("question", "plan_enter", "plan_exit")]
+    if not allow_webfetch:
+        rules.append({"permission": "webfetch", "action": "deny", "pattern": "*"})
+    return rules
+
+
+class ServerLost(Exception):
+    """The server went away during the run."""
+
+
+class WarmRun:
+    """Runs tasks on a warm server, falling back to the cold agent whenever it cannot."""
+
+    def __init__(self, server: OpencodeServer, cold: OpencodeAgent, states: Path) -> None:
+        self.server = server
+        self.cold = cold
+        #: $BOT_DATA_DIR/agent-state: where every worker's server keeps its sessions.
+        self.states = states
+
+    def run(self, task: AgentTask, on_event: Callable[[RunEvent], None], cancel: threading.Event) -> AgentOutcome:
+        """Run the task on the warm server, or by the cold path when the server cannot; return how it ended."""
+        if task.fork_session:  # the parent's session was copied into the conversation's state by /fork
+            return self.cold.run(task, on_event, cancel)
+        try:
+            self.server.ensure()
+        except ServerUnavailable as exc:
+            return self._cold(task, on_event, cancel, f"warm server unavailable: {exc}")
+        started = time.monotonic()
+        session_id = None
+        state = _RunState()
+        try:
+            with self.server.client() as api:
+                session_id = self._session(api, task)
+                if session_id is None:
+                    return self._cold(task, on_event, cancel, "session not known to this worker's server")
+                return self._prompt(api, task, session_id, on_event, cancel, state)
+        except (ServerLost, ServerUnavailable, httpx.TransportError) as exc:
+            self.server.request_restart(f"a run lost it: {exc}")
+            left = task.timeout_s - (time.monotonic() - started)
+            taken = replace(task, timeout_s=max(1.0, left), session_id=session_id or task.session_id,
+                            prompt=CONTINUE_PROMPT if state.prompt_taken else task.prompt)
+            return self._cold(taken, on_event, cancel, f"warm server lost mid-run: {exc}")
+
+    def _session(self, api: httpx.Client, task: AgentTask) -> str | None:
+        """Return the session to prompt: the task's if this server knows it, else a new one (None: unknown)."""
+        headers = directory_header(task.workspace)
+        if task.session_id:
+            answer = api.get(f"/session/{task.session_id}", headers=headers)
+            return task.session_id if answer.status_code == 200 else None
+        answer = api.post("/session", headers=headers,
+                          json={"title": f"Run {task.run_id}", "permission": session_rules(task.allow_webfetch)})
+        answer.raise_for_status()
+        return str(answer.json()["id"])
+
+    def _prompt(self, api: httpx.Client, task: AgentTask, session_id: str, on_event: Callable[[RunEvent], None],
+                cancel: threading.Event, state: _RunState) -> AgentOutcome:
+        headers = directory_header(task.workspace)
+        before = len(self._messages(api, session_id, headers)) if task.session_id else 0
+        subscription = self.server.subscribe(str(task.workspace), session_id)
+        self.server.ledger.add(started=1, active=1)
+        try:
+            body: dict[str, Any] = {"parts": [{"type": "text", "text": task.prompt}]}
+            if task.model and "/" in task.model:
+                provider, model = task.model.split("/", 1)
+                body["model"] = {"providerID": provider, "modelID": model}
+            answer = api.post(f"/session/{session_id}/prompt_async", headers=headers, json=body)
+            answer.raise_for_status()
+            state.prompt_taken = True
+            return self._follow(api, task, session_id, subscription.events, on_event, cancel, before)
+        finally:
+            self.server.unsubscribe(subscription)
+            self.server.ledger.add(active=-1)
+
+    def _follow(self, api: httpx.Client, task: AgentTask, session_id: str, events: queue.Queue[dict[str, Any]],
+                on_event: Callable[[RunEvent], None], cancel: threading.Event, before: int) -> AgentOutcome:
+        """Relay the session's events until it is idle with its answer complete; return how it ended."""
+        headers = directory_header(task.workspace)
+        translator = ServerEvents()
+        deadline = time.monotonic() + task.timeout_s
+        reason, aborted_at, last_event, unanswered = "", 0.0, time.monotonic(), 0
+        errors: list[str] = []
+        while True:
+            if not reason and cancel.is_set():
+                reason, aborted_at = "cancel", self._abort(api, session_id, headers)
+            elif not reason and time.monotonic() >= deadline:
+                reason, aborted_at = "timeout", self._abort(api, session_id, headers)
+            if reason and time.monotonic() - aborted_at > ABORT_WAIT_S:
+                break
+            try:
+                payload = events.get(timeout=POLL_S)
+            except queue.Empty:
+                if not self.server.alive():
+                    raise ServerLost("the server process is gone") from None
+                if time.monotonic() - last_event < RECONCILE_AFTER_S:
+                    continue
+                last_event = time.monotonic()
+                ended = self._ended(api, session_id, headers, before)
+                if ended is None and not self._busy(api, session_id, headers):
+                    unanswered += 1
+                    if unanswered >= UNANSWERED_CHECKS:
+                        return AgentOutcome(session_id, "", error="opencode did not take the prompt (no answer)")
+                if ended is None:
+                    continue
+                translator.idle = True
+            else:
+                if payload is SERVER_LOST:
+                    raise ServerLost("its event stream broke")
+                last_event = time.monotonic()
+                for event in translator.translate(payload):
+                    if event.kind == EventKind.ERROR:
+                        errors.append(event.text)
+                    on_event(event)
+            if translator.idle and (reason or self._ended(api, session_id, headers, before) is not None):
+                break
+        messages = self._messages(api, session_id, headers)[before:]
+        final = _final_text(messages)
+        if reason == "timeout":
+            return AgentOutcome(session_id, final, timed_out=True, error=f"timed out after {task.timeout_s:g} s")
+        if reason == "cancel":
+            return AgentOutcome(session_id, final, cancelled=True)
+        error = _message_error(messages) or (errors[-1] if errors else "")
+        return AgentOutcome(session_id, final, error=error)
+
+    def _ended(self, api: httpx.Client, session_id: str, headers: dict[str, str], before: int) -> list[Any] | None:
+        """Return the run's messages if its last assistant message is complete, else None."""
+        messages = self._messages(api, session_id, headers)[before:]
+        if not messages:
+            return None
+        info = messages[-1].get("info") or {}
+        complete = info.get("role") == "assistant" and (info.get("time") or {}).get("completed")
+        if complete and (info.get("finish") != "tool-calls" or info.get("error")):
+            return messages
+        return None
+
+    def _busy(self, api: httpx.Client, session_id: str, headers: dict[str, str]) -> bool:
+        answer = api.get("/session/status", headers=headers)
+        status = (answer.json() or {}).get(session_id) if answer.status_code == 200 else None
+        return bool(status) and status.get("type") != "idle"
+
+    def _messages(self, api: httpx.Client, session_id: str, headers: dict[str, str]) -> list[dict[str, Any]]:
+        answer = api.get(f"/session/{session_id}/message", headers=headers)
+        answer.raise_for_status()
+        return list(answer.json() or [])
+
+    def _abort(self, api: httpx.Client, session_id: str, headers: dict[str, str]) -> float:
+        """Abort the session (its running tools are killed); return when."""
+        with contextlib.suppress(httpx.HTTPError):
+            api.post(f"/session/{session_id}/abort", headers=headers)
+        return time.monotonic()
+
+    def _cold(self, task: AgentTask, on_event: Callable[[RunEvent], None], cancel: threading.Event,
+              why: str) -> AgentOutcome:
+        """Run the task by the cold path, in the state that holds its session; return how it ended."""
+        log.warning("run %s on the cold path: %s", task.run_id, why)
+        on_event(RunEvent(EventKind.STEP, name="cold-fallback", text=why))
+        if task.session_id and not _holds(task.state_dir, task.session_id):
+            holder = next((d for d in sorted(self.states.glob("server-*")) if _holds(d, task.session_id)), None)
+            if holder is not None:  # a warm session: continue it where it lives
+                task = replace(task, state_dir=holder)
+        return self.cold.run(task, on_event, cancel)
+
+
+class _RunState:
+    """What a warm run did before it was interrupted: whether the server took the prompt."""
+
+    prompt_taken = False
+
+
+def _holds(state_dir: Path, session_id: str) -> bool:
+    """Return True if the opencode database in this state dir has the session."""
+    path = state_dir / DATABASE
+    if not path.is_file():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
+            return db.execute("SELECT 1 FROM session WHERE id = ?", (session_id,)).fetchone() is not None
+    except sqlite3.Error:
+        return False
+
+
+def _final_text(messages: list[dict[str, Any]]) -> str:
+    texts = [str(part.get("text", "")) for message in messages if (message.get("info") or {}).get("role") == "assistant"
+             for part in message.get("parts") or [] if part.get("type") == "text" and str(part.get("text", "")).strip()]
+    return texts[-1].strip() if texts else ""
+
+
+def _message_error(messages: list[dict[str, Any]]) -> str:
+    for message in reversed(messages):
+        error = (message.get("info") or {}).get("error")
+        if error:
+            return str((error.get("data") or {}).get("message") or error.get("name") or "the agent reported an error")
+    return ""
