@@ -27,6 +27,7 @@ from adapters.console_view import PlainView, TtyView, View, terminal_input
 from bot import constants
 from bot.db.repositories import Conversations, Runs
 from bot.engine import Engine
+from bot.file_links import FileLinks
 from bot.pubsub import Subscription
 from bot.types import AgentRun, Attachment, Message, Reply, RunState, RunStatus, ThreadRef
 
@@ -69,6 +70,7 @@ class ConsolePort:
         # Ids are unique across sessions, as a platform's are: the database keys replies by them.
         self._session = secrets.token_hex(2)
         self._ids = itertools.count(1)
+        self.links = FileLinks()
 
     def post(self, where: ThreadRef, reply: Reply) -> str:
         message_id = f"{self._session}-{next(self._ids)}"
@@ -95,7 +97,12 @@ class ConsolePort:
         path = save_file(self._files_dir, where, attachment)
         file_id = f"{self._session}-f{next(self._ids)}"
         self._view.show_file(file_id, attachment.filename, len(attachment.data), path)
+        self.links.remember(file_id, path.as_uri())
         return file_id
+
+    def file_link(self, file_id: str) -> str | None:
+        """Return where a file this port saved lately is (a file: URI)."""
+        return self.links.get(file_id)
 
 
 class RemoteConsolePort:

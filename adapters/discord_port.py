@@ -42,6 +42,7 @@ from bot import constants
 from bot.config import Settings
 from bot.engine import Engine
 from bot.errors import RateLimited, UserFacingError
+from bot.file_links import FileLinks
 from bot.types import Attachment, Reply, ThreadRef
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,7 @@ class DiscordPort:
     def __init__(self, client: discord.Client, loop: EventLoopThread, *, login_token: str | None = None) -> None:
         self._client = client
         self._loop = loop
+        self.links = FileLinks()
         #: Set for a REST-only port: it logs in (no gateway) before its first call.
         self._login_token = login_token
         self._login_lock: asyncio.Lock | None = None
@@ -293,7 +295,14 @@ class DiscordPort:
                             description=attachment.title[:1024] or None)
         comment = attachment.comment[:CONTENT_LIMIT] or None
         sent = await channel.send(comment, file=file)
-        return str(sent.attachments[0].id if sent.attachments else sent.id)
+        if not sent.attachments:
+            return str(sent.id)
+        self.links.remember(str(sent.attachments[0].id), sent.attachments[0].url)
+        return str(sent.attachments[0].id)
+
+    def file_link(self, file_id: str) -> str | None:
+        """Return the URL of a file this port uploaded lately."""
+        return self.links.get(file_id)
 
     def _channel(self, where: ThreadRef) -> discord.PartialMessageable:
         return self._client.get_partial_messageable(int(where.thread))

@@ -20,6 +20,7 @@ from adapters.slack_format import fit, status_blocks, to_mrkdwn
 from bot import constants
 from bot.engine import Engine
 from bot.errors import RateLimited
+from bot.file_links import FileLinks
 from bot.types import Attachment, Reply, ThreadRef
 
 __all__ = ["PLATFORM", "SlackPort", "api_url", "web_api_port", "web_client"]
@@ -76,6 +77,7 @@ class SlackPort:
 
     def __init__(self, client: WebClient) -> None:
         self.client = client
+        self.links = FileLinks()
 
     def post(self, where: ThreadRef, reply: Reply) -> str:
         with rate_limits():
@@ -110,7 +112,13 @@ class SlackPort:
                 channel=where.channel, thread_ts=where.thread or None, content=attachment.data,
                 filename=attachment.filename, title=attachment.title or attachment.filename,
                 initial_comment=to_mrkdwn(attachment.comment) if attachment.comment else None)
-        return str(response["file"]["id"])
+        file = response["file"]
+        self.links.remember(str(file["id"]), file.get("permalink") or file.get("url_private"))
+        return str(file["id"])
+
+    def file_link(self, file_id: str) -> str | None:
+        """Return the permalink of a file this port uploaded lately."""
+        return self.links.get(file_id)
 
 
 def _content(reply: Reply, limit: int) -> dict[str, Any]:

@@ -198,6 +198,7 @@ class Pages:
                 parent = conversations.get(parent_id)
                 lineage.append(parent)
                 parent_id = parent.forked_from_id
+            forks = conversations.forks_of(conversation_id)
             messages = Messages(session).recent(conversation_id, CONVERSATION_ROWS)
             run_rows = Runs(session).in_conversation(conversation_id, CONVERSATION_ROWS)
             repository = Resources(session, self.blob_dir)
@@ -210,7 +211,7 @@ class Pages:
                 resources = [{"resource": r, "snippet": ""} for r in repository.in_conversation(conversation_id,
                                                                                                  CONVERSATION_ROWS)]
         return self.env.get_template("conversation.html").render(
-            conversation=conversation, lineage=lineage, messages=messages, runs=run_rows, resources=resources,
+            conversation=conversation, lineage=lineage, forks=forks, messages=messages, runs=run_rows, resources=resources,
             query=query, token=token)
 
     # -- resources ---------------------------------------------------------------------------

@@ -310,6 +310,11 @@ class Engine:
         channel = ThreadRef(conversation_where.platform, conversation_where.channel, "")
         return ThreadRef(channel.platform, channel.channel, port.post(channel, Reply(text)))
 
+    def file_link(self, conversation: Conversation, file_id: str) -> str | None:
+        """Return the platform's link to a file uploaded lately into the conversation, if it has one."""
+        link = getattr(self.port_for(conversation.where.platform), "file_link", None)
+        return link(file_id) if callable(link) else None
+
     def upload_limit(self, conversation: Conversation) -> int:
         """Return the largest file, in bytes, the conversation's platform takes in one upload."""
         port = self.port_for(conversation.where.platform)

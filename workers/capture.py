@@ -73,7 +73,8 @@ def publish(engine: Engine, run: AgentRun | None, conversation: Conversation, pa
     if file_id is None:
         return False
     with engine.db.session() as session:
-        Resources(session, engine.settings.data_dir / "blobs").set_platform_file(resource.id, file_id)
+        Resources(session, engine.settings.data_dir / "blobs").set_platform_file(
+            resource.id, file_id, engine.file_link(conversation, file_id))
     return True
 
 

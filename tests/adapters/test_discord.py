@@ -374,4 +374,10 @@ def test_a_file_over_discords_10_mib_goes_up_compressed_or_is_named_in_a_notice(
         assert archive.read("big.log") == b"\0" * eleven_mib
     assert not any(name.startswith("noise.bin") for name in attachments)  # random bytes do not compress
     notice = next(text for text in bot_posts(server, thread) if "noise.bin" in text)
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "data" / "threadwork.db")
+    stored = dict(db.execute("select path, permalink from resources"))
+    assert stored["big.log"] and stored["big.log"].endswith("/big.log.zip")  # the uploaded zip's URL
+    assert stored["noise.bin"] is None  # stored, never uploaded
     assert "over this platform's 10.0 MiB upload limit even compressed; not uploaded" in notice

@@ -74,5 +74,7 @@ def test_after_a_restart_find_show_and_share_reach_a_runs_report(tmp_path: Path,
     import sqlite3
 
     db = sqlite3.connect(tmp_path / "data" / "threadwork.db")
+    (file_id, link), = db.execute("select platform_file_id, permalink from resources where path = 'docs/report.md'")
+    assert file_id == uploaded["report.md"].file_id and link.endswith(f"-{file_id}/report.md")  # where it lives
     assert db.execute("select platform, channel, shared_by from resource_shares").fetchall() == [
         ("slack", OTHER, db.execute("select requested_by from resources where path = 'docs/report.md'").fetchone()[0])]

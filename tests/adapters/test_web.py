@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from bot import runs as run_lifecycle
-from bot.db.repositories import Resources, Runs
+from bot.db.repositories import Conversations, Resources, Runs
 from bot.progress import render_status
 from bot.run_events import RunBroadcast, RunFeed, event_entry, feed_for
 from bot.types import EventKind, RunEvent, RunState
-from bot.web_links import links_for
+from bot.web_links import conversation_url, links_for
 from tests.adapters.web_support import get, public_url_env, sse_events, web_view
 from tests.support.engines import EngineBuilder, bot_env, message
 from tests.support.servers import wait_for_port
@@ -182,3 +182,22 @@ def test_any_bot_web_process_serves_a_run_from_the_database_and_redis(tmp_path: 
     finally:
         web.terminate()
         web.wait(10)
+
+
+def test_the_conversation_page_shows_its_parent_and_its_forks(make_engine: EngineBuilder) -> None:
+    from bot.types import ThreadRef
+
+    port, env = public_url_env()
+    engine, _ = make_engine(**env)
+    run = stored_run(engine)
+    with engine.db.session() as session:
+        conversations = Conversations(session)
+        parent = conversations.get(run.conversation_id)
+        fork = conversations.create_fork(parent.id, ThreadRef("test", "C1", "T-fork"), "try the cursor idea")
+    link = run_lifecycle.status_of(engine, run.id).web_url
+    with web_view(engine, port):
+        status, _, body = get(link.replace(f"/runs/{run.id}", f"/c/{run.conversation_id}"))
+        assert status == 200 and "Forks: " in body and "try the cursor idea" in body and "thread T-fork" in body
+        fork_link = conversation_url(engine, fork.id, "U1")
+        status, _, body = get(fork_link)
+        assert status == 200 and "Forked from" in body

@@ -19,3 +19,10 @@ def test_agent_and_ask_without_a_request_show_their_usage_line(tmp_path: Path) -
     # Nothing was queued for them: no run exists.
     runs = run_bot(["chat"], tmp_path, input="/runs\n")
     assert "No agent runs in this thread yet" in runs.stdout
+
+
+def test_chat_help_names_the_default_thread_and_the_concurrent_flag(tmp_path: Path) -> None:
+    result = run_bot(["chat", "--help"], tmp_path)
+    assert result.returncode == 0
+    assert "Thread to continue (default: 'main')." in " ".join(result.stdout.split())
+    assert "--concurrent" in result.stdout

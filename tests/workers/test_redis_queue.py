@@ -95,3 +95,12 @@ def test_piped_chat_with_no_worker_says_so_and_does_not_hang(tmp_path: Path, red
     lines = chat.stdout.splitlines()
     assert any(line.endswith(NO_WORKER) for line in lines)
     assert any("/history" in line for line in lines)  # the next line was still handled: the help came
+
+
+def test_run_with_no_worker_listening_says_so_at_start(tmp_path: Path, redis_url: str) -> None:
+    from tests.adapters.test_platform_registry import TOY_TOKEN, toy_manifest
+
+    result = run_bot(["run"], tmp_path, BOT_MANIFEST=str(toy_manifest(tmp_path)), TOY_TOKEN=TOY_TOKEN,
+                     TOY_OUTBOX=str(tmp_path / "outbox.jsonl"), REDIS_URL=redis_url)
+    assert ("queue: no worker is running, so answers and agent runs will wait: start `python -m bot worker`"
+            in result.stderr.splitlines()), result.stderr
