@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bot.config import Settings  # noqa: E402
 from bot.engine import Engine, set_current  # noqa: E402
 from bot.hookspecs import hookimpl  # noqa: E402
+from bot.runs import RUN_JOB  # noqa: E402
 from bot.types import Attachment, Message, Reply, ThreadRef  # noqa: E402
 from plugins.agents import codex  # noqa: E402
 from tests.fakes.openai_fixtures import OPENCODE_BIN, make_opencode_env  # noqa: E402
@@ -54,6 +55,20 @@ FIRST_PROGRESS_TARGET_S = 1.0
 WARM_FOLLOW_UP_TARGET_S = 0.3
 WARM_NEW_TARGET_S = 1.5
 
+
+
+def record_run_enqueues(engine: Engine) -> list[float]:
+    """Return a list that gets the perf_counter time of every agent-run job the engine enqueues."""
+    times: list[float] = []
+    enqueue = engine.queue.enqueue
+
+    def timed_enqueue(func, *args, **kwargs):
+        if func == RUN_JOB:
+            times.append(time.perf_counter())
+        return enqueue(func, *args, **kwargs)
+
+    engine.queue.enqueue = timed_enqueue  # type: ignore[method-assign]
+    return times
 
 def script() -> list[Turn]:
     return [Turn.write("hello.py", "print('hi')\n"), Turn.bash("python3 hello.py"), Turn.text("Wrote and ran hello.py.")]
@@ -134,15 +149,7 @@ def through_engine(runs: int) -> list[dict[str, float]]:
             port, clock = TimedThread(), EventClock()
             engine.attach_port(port)
             engine.pm.register(clock, name="bench-clock")
-            enqueued: list[float] = []
-            original_enqueue = engine.queue.enqueue
-
-            def timed_enqueue(func, *args, _times=enqueued, _enqueue=original_enqueue, **kwargs):
-                if func == "workers.agent_run.run_agent":
-                    _times.append(time.perf_counter())
-                return _enqueue(func, *args, **kwargs)
-
-            engine.queue.enqueue = timed_enqueue  # type: ignore[method-assign]
+            enqueued = record_run_enqueues(engine)
             with TreeMemory() as memory:
                 start = time.perf_counter()
                 engine.dispatch(Message(where=ThreadRef("bench", "C", f"T{n}"), text="/agent write hello.py",
@@ -187,15 +194,7 @@ def engine_modes(runs: int) -> dict[str, dict[str, list[float]]]:
             if mode == "warm":
                 warm_up = engine.agents["opencode"].warm_up  # type: ignore[attr-defined]
                 print(f"  {warm_up()}")  # as `python -m bot worker` does at start
-            enqueued: list[float] = []
-            original_enqueue = engine.queue.enqueue
-
-            def timed_enqueue(func, *args, _times=enqueued, _enqueue=original_enqueue, **kwargs):
-                if func == "workers.agent_run.run_agent":
-                    _times.append(time.perf_counter())
-                return _enqueue(func, *args, **kwargs)
-
-            engine.queue.enqueue = timed_enqueue  # type: ignore[method-assign]
+            enqueued = record_run_enqueues(engine)
             for n in range(runs):
                 for kind in ("new", "follow"):
                     model.script(Turn.bash("echo hi > hi.txt"), Turn.text("Wrote hi.txt."))
