@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -38,6 +39,8 @@ class ConversationRow(Base):
     #: The coding agent's session (opencode's sessionID) that follow-ups continue.
     agent_session_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     forked_from_id: Mapped[int | None] = mapped_column(ForeignKey("conversations.id"), nullable=True)
+    #: When the thread's earlier messages (before the bot was mentioned) were read from the platform.
+    history_fetched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
@@ -219,6 +222,7 @@ class MemoryRow(Base):
         Index("ix_memories_place", "platform", "scope", "channel", "kind", "id"),
         Index("ix_memories_user", "platform", "user_id"),
         Index("ix_memories_author", "platform", "author_id"),
+        Index("ix_memories_platform_message", "platform", "platform_message_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -238,6 +242,20 @@ class MemoryRow(Base):
     author_name: Mapped[str] = mapped_column(String(200), default="", server_default="")
     #: A thread summary covers the thread's messages up to this id.
     through_message_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: The chat message that proposed this memory (kind `proposal`): a ✅ on it keeps it.
+    platform_message_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+class MemoryVectorRow(Base):
+    """A memory's local-embedding vector (float32 bytes), tagged with its scope's index token."""
+
+    __tablename__ = "memory_vectors"
+    __table_args__ = (Index("ix_memory_vectors_scope", "scope", "memory_id"),)
+
+    memory_id: Mapped[int] = mapped_column(ForeignKey("memories.id", ondelete="CASCADE"), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(40))
+    model: Mapped[str] = mapped_column(String(64))
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class MemoryScopeRow(Base):

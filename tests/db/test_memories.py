@@ -24,7 +24,7 @@ OTHER_PLATFORM = ThreadRef("discord", "C042", "1700000000.000300")
 @pytest.fixture
 def db(database_url: str) -> Iterator[Database]:
     database = Database(database_url)
-    assert database.migrate() == head_revision() == "0004"
+    assert database.migrate() == head_revision() == "0005"
     yield database
     database.close()
 
@@ -168,7 +168,7 @@ def test_old_exchanges_become_channel_memories_when_migrating(database_url: str)
             " (:c, 'exchange', 'bo asked: how do we deploy billing?\nAnswer: make ship-billing', 12, CURRENT_TIMESTAMP)"),
             {"c": conversation_id})
     try:
-        assert db.migrate() == "0004"
+        assert db.migrate() == head_revision()
         _, channel, _ = scopes_for("slack", "C042", "U1")
         with db.reading() as s:
             (found,) = Memories(s).search([channel], "deploy billing", kinds=(MemoryKind.EXCHANGE,))
