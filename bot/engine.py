@@ -17,7 +17,6 @@ from typing import Any
 import pluggy
 
 from bot import constants
-from bot.cancel import CancelSignals
 from bot.config import Manifest, Settings, load_manifest
 from bot.context import ContextBuilder
 from bot.db import Database
@@ -28,6 +27,7 @@ from bot.memory import within_budget
 from bot.plugins import make_plugin_manager
 from bot.queue import InProcessQueue, JobQueue, RedisQueue
 from bot.redaction import Redactor
+from bot.signals import RunSignals
 from bot.types import (
     Agent,
     Attachment,
@@ -95,7 +95,7 @@ class Engine:
         self.hook = pm.hook
         self.redact = Redactor(settings.secret_values)
         self.inbox = Inbox(db.engine)
-        self.cancels = CancelSignals(settings.redis_url)
+        self.signals = RunSignals(settings.redis_url)
         #: The context builder the memory plugins answer `recall` with (cached per conversation).
         self.context = ContextBuilder(db, thread_share=manifest.memory.thread_share,
                                       half_life_days=manifest.memory.half_life_days)

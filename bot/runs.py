@@ -25,6 +25,7 @@ from bot import constants, web_links
 from bot.db.repositories import Conversations, Messages, Runs
 from bot.errors import UserFacingError
 from bot.progress import render_status
+from bot.signals import Signal
 from bot.types import (
     AgentRun,
     Conversation,
@@ -195,7 +196,7 @@ def cancel(engine: Engine, run: AgentRun, who: str) -> RunState | None:
         if runs.get(run.id).state != RunState.RUNNING:
             return None
         runs.set(run.id, cancelled_by=who)
-    engine.cancels.send(run.id)
+    engine.signals.send(run.id, Signal.cancel(who))
     return RunState.RUNNING
 
 

@@ -120,10 +120,10 @@ def _run_agent(engine: Engine, run: AgentRun, conversation: Conversation, progre
         env=_passed_env(agent_settings.pass_env, engine.settings.env),
         fork_session=fork_session,
     )
-    with engine.cancels.listen(run.id) as cancel:
+    with engine.signals.listen(run.id) as inbox:
         if runs.cancel_requested(engine, run.id):
-            cancel.set()
-        return agent.run(task, progress.on_event, cancel)
+            inbox.cancel.set()
+        return agent.run(task, progress.on_event, inbox.cancel)
 
 
 def _requester(engine: Engine, run: AgentRun) -> str:
