@@ -34,9 +34,9 @@ from adapters.slack_format import CANCEL_ACTION_ID, LIVE_VIEW_ACTION_ID, escape,
 from adapters.slack_manifest import EVENTS_PATH
 from adapters.slack_port import PLATFORM, SlackPort, api_url, error_code, rate_limits, web_client
 from bot import constants, platforms
-from bot.engine import Engine
+from bot.engine import UNREADABLE, Engine
 from bot.errors import ConfigError, RateLimited
-from bot.types import Message, ThreadRef
+from bot.types import Message, Reply, ThreadRef
 
 __all__ = ["PLATFORM", "SlackAdapter", "SlackPort", "build_adapter", "serve"]
 
@@ -136,8 +136,18 @@ class SlackAdapter:
                 return
         except Exception:  # boundary: one incoming event (its message is not known yet)
             log.exception("reading Slack event %s failed", body.get("event_id"))
+            self._say_unreadable(event)
             return
         self._dispatch(message)
+
+    def _say_unreadable(self, event: Any) -> None:
+        """Tell the thread a message addressed to the bot arrived malformed (once; other chatter: nothing)."""
+        if not isinstance(event, dict) or not (event.get("type") == "app_mention" or event.get("channel_type") == "im"):
+            return
+        channel, thread = event.get("channel"), event.get("thread_ts") or event.get("ts")
+        if isinstance(channel, str) and isinstance(thread, str) and self.engine.claim_event(
+                PLATFORM, f"unreadable:{channel}:{thread}:{event.get('ts')}"):
+            self.port.post(ThreadRef(PLATFORM, channel, thread), Reply(UNREADABLE))
 
     def _on_command(self, ack: Any, command: dict[str, Any], respond: Any) -> None:
         ack()  # Slack shows the user an error unless this lands within 3 s: before any Web API call
@@ -178,6 +188,8 @@ class SlackAdapter:
             return None  # the bot's own posts, other bots, edits, joins
         channel, ts = event["channel"], event["ts"]
         raw = event.get("text") or ""
+        if not isinstance(raw, str):
+            raise TypeError(f"a message's text is {type(raw).__name__}, not text")
         is_direct = event.get("channel_type") == "im"
         where = ThreadRef(PLATFORM, channel, event.get("thread_ts") or ts)
         if event["type"] == "message" and not is_direct:

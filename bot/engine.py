@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 #: What a person sees when handling their message failed unexpectedly.
 SOMETHING_WENT_WRONG = "Sorry, something went wrong with that message; the error is in the bot's log."
+#: What a person is told when their message reached the bot malformed (a platform payload it cannot read).
+UNREADABLE = "I could not read that message: it reached me malformed. Please send it again."
 #: What a person is told when the manifest's permissions refuse what they asked for.
 NOT_ALLOWED_AGENT = (
     "You are not allowed to start the coding agent here (the manifest's `permissions.agent`), so I "

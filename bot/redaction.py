@@ -1,4 +1,9 @@
-"""The redaction step every outgoing text, log line and file passes through."""
+"""The redaction step every outgoing text, stored text, log line and file passes through.
+
+Besides secrets, a text loses what no database can store: lone surrogates (invalid UTF-8
+that a JSON payload can still carry: `"\\ud800"`) become U+FFFD and NUL characters, which
+PostgreSQL refuses in text, are dropped. Files keep their bytes (`Redactor.bytes`).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ _TOKEN_SHAPES = re.compile(
     r"|(?:postgres(?:ql)?|redis|rediss)(?:\+\w+)?://[^\s:@/]+:[^\s@/]+@"  # URLs with passwords
     r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z))"  # PEM private keys
 )
+#: What no database stores in text: NUL (PostgreSQL) and lone surrogates (not encodable as UTF-8).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 class Redactor:
@@ -27,7 +34,12 @@ class Redactor:
         self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
-        """Return `text` with every secret replaced."""
+        """Return `text` with every secret replaced, and storable (see the module's docstring)."""
+        if _UNSTORABLE.search(text):
+            text = _UNSTORABLE.sub(lambda match: "" if match.group() == "\x00" else "\ufffd", text)
+        return self._secrets_hidden(text)
+
+    def _secrets_hidden(self, text: str) -> str:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
@@ -49,7 +61,7 @@ class Redactor:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             return data
-        redacted = self(text)
+        redacted = self._secrets_hidden(text)
         return data if redacted == text else redacted.encode("utf-8")
 
 
