@@ -27,6 +27,12 @@ DISCORD_THREAD_NAME_LIMIT = 100
 #: Discord's default per-file upload limit, 10 MiB, on unboosted guilds (Discord API docs).
 DISCORD_DEFAULT_FILE_LIMIT = 10 * 1024 * 1024
 
+#: A post or upload the platform answered 429 is tried again after its Retry-After, at most
+#: this many times (Slack's 429s carry Retry-After of a few seconds: chat.postMessage docs).
+RATE_LIMIT_RETRIES = 5
+#: A Retry-After longer than this is not waited out in a job: the post fails and says so.
+RATE_LIMIT_MAX_WAIT_S = 30.0
+
 #: Edits of one status message are coalesced to at most one per second (Slack chat.update is
 #: Tier 3, ~50/min; Discord's per-route buckets allow about 5 per 5 s).
 STATUS_EDIT_INTERVAL_S = 1.0

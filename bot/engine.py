@@ -11,8 +11,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import pluggy
 
@@ -22,7 +23,7 @@ from bot.context import ContextBuilder
 from bot.db import Database
 from bot.db.inbox import Inbox
 from bot.db.repositories import Conversations, Messages, ProcessedEvents
-from bot.errors import ConfigError, DuplicateEvent, PermissionDenied, UserFacingError
+from bot.errors import ConfigError, DuplicateEvent, PermissionDenied, RateLimited, UserFacingError
 from bot.memory import within_budget
 from bot.plugins import make_plugin_manager
 from bot.queue import InProcessQueue, JobQueue, RedisQueue
@@ -77,6 +78,26 @@ class Dispatched:
     #: True when the platform delivered this message before and nothing was done again.
     duplicate: bool = False
 
+
+
+T = TypeVar("T")
+
+
+def patiently(call: Callable[[], T]) -> T:
+    """Return `call()`; when the platform answers 429, wait its Retry-After and try again (a few times).
+
+    A post is one message a person waits for: it lands late rather than never. Edits of live
+    messages have their own, non-blocking path (`bot.progress.LiveMessage`).
+    """
+    for attempt in range(constants.RATE_LIMIT_RETRIES + 1):
+        try:
+            return call()
+        except RateLimited as exc:
+            if attempt == constants.RATE_LIMIT_RETRIES or exc.retry_after > constants.RATE_LIMIT_MAX_WAIT_S:
+                raise
+            log.info("rate limited; posting again in %gs", exc.retry_after)
+            time.sleep(exc.retry_after)
+    raise AssertionError("unreachable")
 
 class Engine:
     """The core: configuration, database, plugins, queue and the chat ports, behind dispatch."""
@@ -276,7 +297,8 @@ class Engine:
     def say(self, conversation: Conversation, reply: Reply | str, *, reply_to: int | None = None) -> str:
         """Post a reply into the conversation's thread, store it, and return its message id."""
         reply = self._redacted(reply)
-        message_id = self.port_for(conversation.where.platform).post(conversation.where, reply)
+        port = self.port_for(conversation.where.platform)
+        message_id = patiently(lambda: port.post(conversation.where, reply))
         with self.inbox.transaction() as cursor:
             self.inbox.add_message(cursor, conversation.id, "assistant", reply.text, external_id=message_id,
                                    reply_to_id=reply_to)
@@ -295,7 +317,8 @@ class Engine:
         """Upload a file into the thread, redacted, and return the platform's file id."""
         clean = Attachment(attachment.filename, self.redact.bytes(attachment.data), attachment.title,
                            self.redact(attachment.comment))
-        return self.port_for(conversation.where.platform).upload(conversation.where, clean)
+        port = self.port_for(conversation.where.platform)
+        return patiently(lambda: port.upload(conversation.where, clean))
 
     def open_thread(self, conversation_where: ThreadRef, text: str) -> ThreadRef:
         """Start a new thread in the conversation's channel with `text` (redacted); return where it is.
