@@ -20,6 +20,7 @@ def run_checks(settings: Settings, *, offline: bool = False) -> list[HealthCheck
     checks = [HealthCheck("manifest", True, f"{where} is valid ({manifest.name})")]
     checks += _platform_checks(manifest, settings)
     checks.append(_database_check(settings))
+    checks.append(_memory_search_check())
     checks += _queue_checks(settings)
     pm = make_plugin_manager(manifest, load_entrypoints=not settings.get("BOT_DISABLE_ENTRYPOINTS"))
     for plugin_checks in reversed(pm.hook.check_health(manifest=manifest, settings=settings, offline=offline)):
@@ -48,6 +49,16 @@ def _database_check(settings: Settings) -> HealthCheck:
     except DatabaseUnavailable as exc:
         return HealthCheck("database", False, str(exc), "check DATABASE_URL, or unset it to use SQLite in BOT_DATA_DIR")
     return HealthCheck("database", True, f"{safe_url(settings.database_url)} at schema {revision}")
+
+
+def _memory_search_check() -> HealthCheck:
+    """Return whether memory search is semantic as well as full-text (the `embeddings` extra), loading nothing."""
+    from bot import embeddings
+
+    on, detail = embeddings.status()
+    if on or not embeddings.switched_on():  # on, or switched off on purpose
+        return HealthCheck("memory", True, detail)
+    return HealthCheck("memory", None, detail, "pip install -e '.[embeddings]' to find memories by meaning too")
 
 
 def _queue_checks(settings: Settings) -> list[HealthCheck]:

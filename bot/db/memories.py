@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -24,8 +25,16 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from bot.db import search
-from bot.db.models import AgentRunRow, ConversationRow, MemoryRow, MemoryScopeRow, MessageRow, ParticipantRow
+from bot.db import search, vectors
+from bot.db.models import (
+    AgentRunRow,
+    ConversationRow,
+    MemoryRow,
+    MemoryScopeRow,
+    MemoryVectorRow,
+    MessageRow,
+    ParticipantRow,
+)
 from bot.memory import Memory, MemoryKind, Scope, ScopeKind, thread_scope
 from bot.types import HistoryEntry, MemoryItem, ThreadRef, utcnow
 
@@ -36,6 +45,13 @@ SEARCHED_KINDS = (MemoryKind.FACT.value, MemoryKind.EXCHANGE.value)
 #: Days after which a memory's relevance counts half (an exchange from last month still
 #: matters; one from last year rarely does). The manifest's `memory.half_life_days` overrides it.
 HALF_LIFE_DAYS = 30.0
+#: Full-text matches ranked per search, the newest first: a message's common words match a good
+#: share of a channel, and ranking them all cost PostgreSQL 68 ms p95 at 100,000 memories
+#: (bench/memory.py); older matches still come back when they hold every word, or by meaning.
+CANDIDATES = 200
+#: Reciprocal rank fusion's constant (Cormack et al. 2009): a hit's blended score is the sum of
+#: 1 / (RRF_K + its rank) over the full-text and the semantic rankings it appears in.
+RRF_K = 60
 _UPSERT = {"postgresql": postgresql_insert, "sqlite": sqlite_insert}
 
 
@@ -89,12 +105,14 @@ class Memories:
         return row.id
 
     def delete(self, memories: Iterable[Memory]) -> int:
-        """Forget these memories: rows and index entries; return how many went."""
+        """Forget these memories: rows, index entries and vectors; return how many went."""
         memories = list(memories)
         if not memories:
             return 0
         ids = [memory.id for memory in memories]
         _unindex(self.s, ids)
+        # The foreign key cascades too (SQLite runs with foreign_keys=ON); said here so it never depends on it.
+        self.s.execute(delete(MemoryVectorRow).where(MemoryVectorRow.memory_id.in_(ids)))
         self.s.execute(delete(MemoryRow).where(MemoryRow.id.in_(ids)))
         self.touch({scope_of(m.scope.value, m.platform, m.channel, m.user_id).token for m in memories})
         return len(ids)
@@ -178,36 +196,58 @@ class Memories:
 
     def search(self, scopes: Sequence[Scope], query: str, *, kinds: Sequence[MemoryKind] = (MemoryKind.FACT,),
                limit: int = 20, all_words: bool = False, half_life_days: float = HALF_LIFE_DAYS) -> list[Memory]:
-        """Return the scopes' memories matching the query's words, best first (relevance by age).
+        """Return the scopes' memories that match or relate to the query, best first (relevance by age).
 
-        With `all_words` every word must match; otherwise any, the ones matching more first.
+        With `all_words` every word must match, and nothing else is returned (`/forget <words>`).
+        Otherwise the memories matching every word come first; when they are fewer than `limit`,
+        the newest `CANDIDATES` matching any word are ranked with them; and with semantic search
+        on, the memories nearest in meaning are blended in (`_blended`).
         """
         words = search.query_words(query)
         if not words or not scopes:
             return []
-        values: dict[str, Any] = {"limit": limit, "half": half_life_days}
-        kind_values = [kind.value for kind in kinds]
-        kind_names = ", ".join(f":k{i}" for i in range(len(kind_values)))
-        values.update({f"k{i}": kind for i, kind in enumerate(kind_values)})
         tokens = [scope.token for scope in scopes]
+        kind_values = [kind.value for kind in kinds]
+        hits = self._matching(tokens, words, kind_values, every_word=True, limit=limit, half_life_days=half_life_days)
+        if all_words:
+            return hits
+        if len(hits) < limit and len(words) > 1:
+            found = {hit.id: hit for hit in self._matching(tokens, words, kind_values, every_word=False, limit=limit,
+                                                           half_life_days=half_life_days)}
+            found.update({hit.id: hit for hit in hits})  # a full match keeps its own (higher) score
+            hits = sorted(found.values(), key=lambda hit: (-hit.score, -hit.id))[:limit]
+        near = vectors.nearest(self.s, tokens, query, kinds=kind_values, half_life_days=half_life_days)
+        if not near:
+            return hits
+        known = {hit.id: hit for hit in hits}
+        known.update({memory.id: memory for memory in self.get(i for i, _ in near if i not in known)})
+        return _blended(hits, [known[i] for i, _ in near if i in known], limit)  # a vanished id is dropped
+
+    def _matching(self, tokens: list[str], words: list[str], kinds: list[str], *, every_word: bool, limit: int,
+                  half_life_days: float) -> list[Memory]:
+        """Return full-text matches of every word (or any), ranked among the newest `CANDIDATES` of them."""
+        values: dict[str, Any] = {"limit": limit, "half": half_life_days, "cap": CANDIDATES}
+        kind_names = ", ".join(f":k{i}" for i in range(len(kinds)))
+        values.update({f"k{i}": kind for i, kind in enumerate(kinds)})
         columns = ", ".join(f"m.{column.name}" for column in MemoryRow.__table__.columns)
         if self.s.get_bind().dialect.name == "postgresql":
             values["scopes"] = " | ".join(tokens)
-            values["q"] = (" & " if all_words else " | ").join(words)
+            values["q"] = (" & " if every_word else " | ").join(words)
             tsquery = f"to_tsquery('{search.PG_CONFIG}', :q)"
             sql = (f"SELECT {columns}, ts_rank(m.search, {tsquery}) / (1 + greatest(0, extract(epoch FROM now()"
-                   f" - m.created_at)) / 86400.0 / :half) AS score FROM memories m"
-                   f" WHERE m.search @@ (CAST(:scopes AS tsquery) && {tsquery}) AND numnode({tsquery}) > 0"
-                   f" AND m.kind IN ({kind_names}) ORDER BY score DESC, m.id DESC LIMIT :limit")
-            rows = self.s.execute(text(sql), values).all()
-            return [_memory(_RawRow(row), float(row.score)) for row in rows]
-        scope_terms = " OR ".join(f'"{token}"' for token in tokens)
-        matched = (" AND " if all_words else " OR ").join(f'"{word}"' for word in words)
-        values["q"] = f"scope : ({scope_terms}) AND body : ({matched})"
-        sql = (f"SELECT {columns}, -bm25({FTS_TABLE}, 0.0, 1.0) / (1.0 + max(0.0, julianday('now')"
-               f" - julianday(m.created_at)) / :half) AS score FROM {FTS_TABLE}"
-               f" JOIN memories m ON m.id = {FTS_TABLE}.rowid WHERE {FTS_TABLE} MATCH :q"
-               f" AND m.kind IN ({kind_names}) ORDER BY score DESC, m.id DESC LIMIT :limit")
+                   f" - m.created_at)) / 86400.0 / :half) AS score FROM (SELECT id FROM memories"
+                   f" WHERE search @@ (CAST(:scopes AS tsquery) && {tsquery}) AND numnode({tsquery}) > 0"
+                   f" AND kind IN ({kind_names}) ORDER BY id DESC LIMIT :cap) c JOIN memories m ON m.id = c.id"
+                   " ORDER BY score DESC, m.id DESC LIMIT :limit")
+        else:
+            scope_terms = " OR ".join(f'"{token}"' for token in tokens)
+            matched = (" AND " if every_word else " OR ").join(f'"{word}"' for word in words)
+            values["q"] = f"scope : ({scope_terms}) AND body : ({matched})"
+            sql = (f"SELECT * FROM (SELECT {columns}, -bm25({FTS_TABLE}, 0.0, 1.0) / (1.0 + max(0.0, julianday('now')"
+                   f" - julianday(m.created_at)) / :half) AS score FROM {FTS_TABLE}"
+                   f" JOIN memories m ON m.id = {FTS_TABLE}.rowid WHERE {FTS_TABLE} MATCH :q"
+                   f" AND m.kind IN ({kind_names}) ORDER BY {FTS_TABLE}.rowid DESC LIMIT :cap)"
+                   " ORDER BY score DESC, id DESC LIMIT :limit")
         rows = self.s.execute(text(sql), values).all()
         return [_memory(_RawRow(row), float(row.score)) for row in rows]
 
@@ -222,6 +262,22 @@ class Memories:
         return [MemoryItem(text=text, source=row_kind, tokens=tokens) for text, tokens, row_kind in rows]
 
 
+def _blended(hits: list[Memory], near: list[Memory], limit: int) -> list[Memory]:
+    """Return full-text hits and semantic neighbours in one ranking (reciprocal rank fusion), best first.
+
+    The two scores are on different scales (bm25 or ts_rank against cosine similarity), so each
+    list gives its ranks only; each was already weighed by age. A memory in both rises above both.
+    """
+    fused: dict[int, float] = {}
+    memories: dict[int, Memory] = {}
+    for ranking in (hits, near):
+        for rank, memory in enumerate(ranking, start=1):
+            fused[memory.id] = fused.get(memory.id, 0.0) + 1.0 / (RRF_K + rank)
+            memories.setdefault(memory.id, memory)
+    best = sorted(fused, key=lambda i: (-fused[i], -i))[:limit]
+    return [replace(memories[i], score=fused[i]) for i in best]
+
+
 class _RawRow:
     """A row of a raw search query, read like a `MemoryRow`."""
 
@@ -232,8 +288,11 @@ class _RawRow:
             self.created_at = datetime.fromisoformat(self.created_at)
 
 
-def index_memory(executor: Any, memory_id: int, token: str, body: str) -> None:
-    """Add one memory's text to the search index under its scope's token (a Session or a Connection)."""
+def index_memory(executor: Any, memory_id: int, token: str, body: str, *, vector: bool = True) -> None:
+    """Add one memory's text to the search index under its scope's token (a Session or a Connection).
+
+    With semantic search on (`bot.embeddings`), and `vector`, its vector is stored too.
+    """
     if _dialect(executor) == "postgresql":
         executor.execute(text(
             f"UPDATE memories SET search = to_tsvector('{search.PG_CONFIG}', :body) || array_to_tsvector(ARRAY[:scope])"
@@ -241,6 +300,8 @@ def index_memory(executor: Any, memory_id: int, token: str, body: str) -> None:
     else:
         executor.execute(text(f"INSERT INTO {FTS_TABLE}(rowid, scope, body) VALUES (:id, :scope, :body)"),
                          {"id": memory_id, "scope": token, "body": body})
+    if vector:
+        vectors.store(executor, memory_id, token, body)
 
 
 def thread_entries(session: Session, conversation_id: int, *, after_id: int | None = None,
@@ -284,7 +345,8 @@ def rebuild(executor: Any) -> int:
     rows = executor.execute(text(
         "SELECT id, scope, platform, channel, user_id, text FROM memories WHERE kind IN ('fact', 'exchange')")).all()
     for memory_id, row_scope, platform, channel, user_id, body in rows:
-        index_memory(executor, memory_id, scope_of(row_scope, platform, channel, user_id).token, body)
+        # Migration 0004 runs this before 0005 makes `memory_vectors`.
+        index_memory(executor, memory_id, scope_of(row_scope, platform, channel, user_id).token, body, vector=False)
     return len(rows)
 
 
