@@ -38,7 +38,7 @@ import discord.http
 import yarl
 
 from adapters.discord_format import CONTENT_LIMIT, split_markdown, status_embed, status_view, too_big_notice
-from bot import constants
+from bot import constants, metrics
 from bot.config import Settings
 from bot.engine import Engine
 from bot.errors import RateLimited, UserFacingError
@@ -87,6 +87,8 @@ async def _on_request_end(session: aiohttp.ClientSession, context: Any, params: 
     # Runs inside discord.py's request, before its retry loop sees the 429: raising here ends
     # the request instead of sleeping through it.
     response = params.response
+    if response.status == 429:
+        metrics.rate_limited("discord", metrics.route_of(params.method, params.url.path))
     if response.status != 429 or not _NO_WAIT.get():
         return
     try:

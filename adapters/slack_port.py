@@ -17,7 +17,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web import SlackResponse
 
 from adapters.slack_format import fit, status_blocks, to_mrkdwn
-from bot import constants
+from bot import constants, metrics
 from bot.engine import Engine
 from bot.errors import RateLimited
 from bot.file_links import FileLinks
@@ -51,6 +51,7 @@ def rate_limits() -> Iterator[None]:
         yield
     except SlackApiError as exc:
         if exc.response is not None and exc.response.status_code == 429:
+            metrics.rate_limited("slack", str(exc.response.api_url).rsplit("/", 1)[-1])
             raise RateLimited(_retry_after(exc.response), "Slack rate limit") from None
         raise
 

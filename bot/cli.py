@@ -1,4 +1,4 @@
-"""The command line: `python -m bot chat|run|worker|web|migrate|doctor|route|manifest`."""
+"""The command line: `python -m bot chat|run|worker|web|migrate|doctor|status|route|manifest`."""
 
 from __future__ import annotations
 
@@ -118,6 +118,7 @@ def run() -> None:
     for platform in enabled:
         if lacking[platform]:
             click.echo(f"{platform}: not started (set {', '.join(lacking[platform])})", err=True)
+    _metrics_endpoint(settings, "run")
     engine = Engine.from_settings(settings)
     set_current(engine)
     if engine.listening_workers() == 0:
@@ -132,6 +133,15 @@ def run() -> None:
         if reaper:
             reaper.stop()
         engine.close()
+
+
+def _metrics_endpoint(settings: Settings, role: str, port: int | None = None) -> None:
+    """Serve Prometheus metrics from this process when BOT_METRICS_PORT (or `port`) is set; say where."""
+    from bot import metrics
+
+    url = metrics.serve(settings, role, port)
+    if url:
+        click.echo(f"metrics: {url}", err=True)
 
 
 def _in_process_reaper(engine: Any) -> Any:
@@ -192,12 +202,15 @@ def web(host: str | None, port: int | None) -> None:
 @click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
 @click.option("--name", default=None, help="Worker name (default: RQ's).")
 @click.option("--with-scheduler", is_flag=True, help="Also run RQ's scheduler (retries with intervals).")
+@click.option("--metrics-port", default=None, type=click.IntRange(1, 65535),
+              help="Serve Prometheus metrics on this port (default: BOT_METRICS_PORT; unset: no endpoint).")
 @_clean_errors
-def worker(burst: bool, name: str | None, with_scheduler: bool) -> None:
+def worker(burst: bool, name: str | None, with_scheduler: bool, metrics_port: int | None) -> None:
     """Run an RQ worker that executes the bot's jobs (needs REDIS_URL)."""
     settings = _settings()
     if not settings.redis_url:
         raise UserFacingError("REDIS_URL is not set: workers need Redis (the console bot runs jobs in-process without it)")
+    _metrics_endpoint(settings, "worker", metrics_port)
     sys.exit(resolve(RUN_WORKER)(settings, burst=burst, name=name, with_scheduler=with_scheduler,
                                  ready=lambda line: click.echo(line, err=True)))
 
@@ -214,6 +227,25 @@ def migrate() -> None:
     revision = db.migrate()
     db.close()
     click.echo(f"{safe_url(settings.database_url)}: schema at revision {revision}")
+
+
+@main.command()
+@_clean_errors
+def status() -> None:
+    """Print the queue's depth, its workers, runs by state and the oldest running run."""
+    from bot import status as operator_view
+    from bot.db import Database
+
+    settings = _settings()
+    queue = operator_view.queue_state(settings.redis_url)
+    db = Database(settings.database_url)
+    try:
+        db.migrate()
+        runs = operator_view.runs_state(db)
+    finally:
+        db.close()
+    for line in operator_view.report(queue, runs):
+        click.echo(line)
 
 
 @main.command()

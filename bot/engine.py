@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import pluggy
 
-from bot import constants
+from bot import constants, logs, metrics
 from bot.config import Manifest, Settings, load_manifest
 from bot.context import ContextBuilder
 from bot.db import Database
@@ -77,7 +77,6 @@ class Dispatched:
     job_id: str | None = None
     #: True when the platform delivered this message before and nothing was done again.
     duplicate: bool = False
-
 
 
 T = TypeVar("T")
@@ -176,6 +175,7 @@ class Engine:
             log.exception("telling %s about a failure failed", message.where)
         return None
 
+    @metrics.observed_dispatch
     def dispatch(self, message: Message) -> Dispatched:
         """Route the message cheaply, persist it, then answer its command or enqueue its job.
 
@@ -185,6 +185,7 @@ class Engine:
         """
         message = replace(message, text=self.redact(message.text))
         conversation = self.inbox.conversation(message.where, message.text[:80])
+        logs.bind(conversation_id=conversation.id)
         if message.external_id is not None and self.inbox.find(conversation.id, message.external_id):
             return self._duplicate(message, conversation)
         decision = self.hook.route_message(message=message, conversation=conversation, engine=self)

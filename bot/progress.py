@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from bot import constants
+from bot import constants, metrics
 from bot.errors import RateLimited
 from bot.types import Conversation, Reply, RunState, RunStatus
 
@@ -170,7 +170,9 @@ class LiveMessage:
 
     def _send_edit(self, reply: Reply) -> None:
         assert self.message_id is not None
+        started = time.perf_counter()
         self._edit(self.message_id, reply)
+        metrics.edit_done(time.perf_counter() - started)
         self.edits += 1
         with self._cond:
             self._not_before = max(self._not_before, time.monotonic() + self._interval)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from bot import constants
+from bot import constants, logs
 from bot.errors import QueueUnavailable
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,7 @@ class InProcessQueue:
     def _work(self) -> None:
         while (item := self._jobs.get()) is not None:
             job_id, func, args = item
+            logs.bind(job_id=job_id)  # the same job id RQ gives the job, on this thread's log records
             try:
                 resolve(func)(*args)
             except Exception:  # boundary: one job; the job itself told the user

@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
+from bot import metrics
 from bot.types import EngineAPI
 
 if TYPE_CHECKING:
@@ -41,6 +42,13 @@ def client_for(engine: EngineAPI, *, timeout: float, max_retries: int) -> anthro
             client = anthropic.Anthropic(api_key=key, base_url=base_url, timeout=timeout, max_retries=max_retries)
             _clients[cache_key] = client
         return client
+
+
+def count_call(purpose: str, model: str, response: Any = None) -> None:
+    """Count one API call in the bot's metrics: with its response, its tokens; without, a failure."""
+    usage = getattr(response, "usage", None)
+    metrics.model_call(purpose, model, ok=response is not None, tokens_in=getattr(usage, "input_tokens", 0) or 0,
+                       tokens_out=getattr(usage, "output_tokens", 0) or 0)
 
 
 def failure_reason(exc: BaseException) -> str:

@@ -16,7 +16,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from bot import constants, runs
+from bot import constants, logs, metrics, runs
 from bot import engine as engine_module
 from bot.db.repositories import Conversations, Runs
 from bot.engine import Engine
@@ -56,9 +56,11 @@ workspace. Do not ask questions; make reasonable choices and say what you chose.
 short summary of what you changed and how you checked it."""
 
 
+@metrics.observed_job
 def run_agent(run_id: int) -> None:
     """Run one agent run to its end, unless it is not its conversation's turn yet."""
     engine = engine_module.current()
+    logs.bind(run_id=run_id)
     if not runs.claim(engine, run_id):
         return
     try:
@@ -74,6 +76,7 @@ def _execute(engine: Engine, run_id: int) -> None:
         run = Runs(session).get(run_id)
         conversation = Conversations(session).get(run.conversation_id)
         request_message_id = run.request_message_id
+    logs.bind(conversation_id=conversation.id)
     live = LiveMessage.in_thread(engine, conversation, message_id=run.status_message_id)
     progress = _Progress(engine, run, live)
     progress.show()
@@ -149,6 +152,7 @@ def _conclude(engine: Engine, run: AgentRun, conversation: Conversation, outcome
     finished = runs.finish_run(engine, run.id, state, error=outcome.error, note=note, allowed_from=(RunState.RUNNING,),
                                status=status, show=progress.finish, session_id=outcome.session_id,
                                tokens_in=status.tokens_in, tokens_out=status.tokens_out, cost=status.cost)
+    metrics.agent_tokens(run.agent, status.tokens_in, status.tokens_out)
     if not finished:  # ended meanwhile (the reaper thought its worker dead): show what is stored
         stored = runs.status_of(engine, run.id)
         progress.finish(Reply(render_status(stored), status=stored))

@@ -10,6 +10,7 @@ import logging
 from dataclasses import replace
 
 from bot import engine as engine_module
+from bot import logs, metrics
 from bot.budgets import over_budget
 from bot.db.repositories import Conversations, Messages
 from bot.engine import NOT_ALLOWED_AGENT, NOT_ALLOWED_ASK, Engine
@@ -26,6 +27,7 @@ NO_MODEL_CONFIGURED = (
 )
 
 
+@metrics.observed_job
 def handle_message(message_id: int, route: str, text: str, tentative: bool) -> None:
     """Finish a message that `dispatch` routed to a direct answer or the agent."""
     engine = engine_module.current()
@@ -35,6 +37,7 @@ def handle_message(message_id: int, route: str, text: str, tentative: bool) -> N
             log.info("message %s was answered already; nothing to do", message_id)
             return
         entry, conversation_id, user_id = messages.get(message_id)
+        logs.bind(conversation_id=conversation_id)
         conversation = Conversations(session).get(conversation_id)
         stored = messages.decision(message_id)
     message = Message(where=conversation.where, text=text, user_id=user_id, user_name=entry.author,

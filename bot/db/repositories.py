@@ -416,6 +416,18 @@ class Runs:
         rows = self.s.scalars(select(AgentRunRow).where(AgentRunRow.state == state.value).order_by(AgentRunRow.id))
         return [_run(row) for row in rows]
 
+    def count_by_state(self) -> dict[RunState, int]:
+        """Return how many runs are in each state (every state, zero included)."""
+        counts = dict(self.s.execute(select(AgentRunRow.state, func.count()).group_by(AgentRunRow.state)).tuples().all())
+        return {state: int(counts.get(state.value, 0)) for state in RunState}
+
+    def oldest_running(self) -> AgentRun | None:
+        """Return the running run that started first, or None when none runs."""
+        row = self.s.scalars(select(AgentRunRow).where(AgentRunRow.state == RunState.RUNNING.value)
+                             .order_by(func.coalesce(AgentRunRow.started_at, AgentRunRow.created_at), AgentRunRow.id)
+                             .limit(1)).first()
+        return _run(row) if row is not None else None
+
 
 class ProcessedEvents:
     """A durable record of platform event ids, so retried deliveries do nothing twice."""

@@ -82,6 +82,7 @@ def answer_message(message: Message, conversation: Conversation, memories: list[
                 live.update(Reply(f"{preview(text).rstrip()} {WRITING_MARK}", partial=True))
             final = stream.get_final_message()
     except anthropic.APIError as exc:
+        claude_api.count_call("answer", llm.model)
         log.warning("direct answer for message %s failed: %s (%s)", reply_to, claude_api.failure_reason(exc), exc)
         live.finish(Reply(failure_text(text, exc)))
         return ""  # told in the thread; nothing worth remembering
@@ -89,6 +90,7 @@ def answer_message(message: Message, conversation: Conversation, memories: list[
         log.exception("direct answer for message %s failed", reply_to)
         live.finish(Reply(f"{text.rstrip()}\n\n_({FAILED})_" if text.strip() else FAILED))
         return ""
+    claude_api.count_call("answer", llm.model, final)
     log.info("answered message %s with %s: %d tokens in, %d out", reply_to, final.model,
              final.usage.input_tokens, final.usage.output_tokens)
     answer = text.strip() or EMPTY

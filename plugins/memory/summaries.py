@@ -39,6 +39,7 @@ def summariser(engine: EngineAPI) -> Summariser | None:
         response = client.messages.create(
             model=model, max_tokens=max(64, budget_tokens), system=SYSTEM,
             messages=[{"role": "user", "content": engine.redact(f"{before}The messages since:\n{transcript}")}])
+        claude_api.count_call("summary", model, response)
         text = "".join(getattr(block, "text", "") for block in response.content)
         return engine.redact(text)
 

@@ -84,9 +84,11 @@ def classify_message(message: Message, conversation: Conversation, tentative: Ro
             tool_choice={"type": "tool", "name": TOOL["name"]},
         )
     except Exception as exc:  # boundary: an optional stage; the tentative route stands without it
+        claude_api.count_call("classify", router.classifier_model)
         log.warning("LLM routing stage failed (%s); keeping the %s route", claude_api.failure_reason(exc),
                     tentative.route.value, exc_info=not isinstance(exc, anthropic.APIError))
         return None
+    claude_api.count_call("classify", router.classifier_model, response)
     return parse_choice(response, tentative)
 
 
