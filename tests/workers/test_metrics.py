@@ -179,3 +179,49 @@ def _listening() -> Iterator[int]:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         yield sock.getsockname()[1]
+
+
+def test_bot_run_serves_events_acknowledgements_429s_edits_and_model_calls(
+        tmp_path: Path, slack_server, anthropic_server) -> None:
+    from tests.adapters.test_slack import mention, replies
+    from tests.support.engines import bot_env, write_manifest
+
+    port = free_port()
+    anthropic_server.script.text("The nightly job backs up the database.", usage=(42, 9))
+    env = bot_env(tmp_path, SLACK_BOT_TOKEN=slack_server.bot_token, SLACK_APP_TOKEN=slack_server.app_token,
+                  SLACK_API_URL=slack_server.api_url, BOT_METRICS_PORT=str(port),
+                  BOT_MANIFEST=str(write_manifest(tmp_path, {"router": {"llm_stage": False}})),
+                  **anthropic_server.env())
+    process = subprocess.Popen([sys.executable, "-m", "bot", "run"], env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        slack_server.wait_for_connection(timeout=30)
+        wait_for_port(port)
+        before = scrape(port)
+        assert value(before, "threadwork_events_received_total", platform="slack") == 0
+        _, hello = mention(slack_server, "hello")
+        assert replies(slack_server, hello)[0].text.startswith("Hi alice!")
+        slack_server.rate_limit("chat.update", times=1, retry_after=1)  # the answer's first edit meets a 429
+        _, question = mention(slack_server, "what does the nightly job do?")
+        slack_server.wait_for(lambda: any("backs up the database" in m.text for m in replies(slack_server, question)))
+
+        def counted() -> dict:
+            samples = scrape(port)
+            return samples if value(samples, "threadwork_model_calls_total", purpose="answer", model="claude-sonnet-4-6",
+                                    outcome="ok") == 1 and value(samples, "threadwork_edit_seconds_count") else {}
+
+        after = wait_until(counted, 30, "the answer to be counted")
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=20)
+    assert f"metrics: http://127.0.0.1:{port}/metrics" in stderr and "Traceback" not in stderr
+    assert value(after, "threadwork_events_received_total", platform="slack") == 2
+    assert value(after, "threadwork_dispatch_seconds_count", platform="slack") == 2
+    assert value(after, "threadwork_rate_limited_total", platform="slack", method="chat.update") == 1
+    assert value(after, "threadwork_model_tokens_total", purpose="answer", model="claude-sonnet-4-6",
+                  direction="input") == 42
+    assert value(after, "threadwork_model_tokens_total", purpose="answer", model="claude-sonnet-4-6",
+                  direction="output") == 9
+    assert value(after, "threadwork_job_seconds_count", function="handle_message", outcome="ok") == 1
+    assert value(after, "threadwork_runs", state="running") == 0  # no Redis: no queue depth, runs still read
+    assert ("threadwork_queue_depth", frozenset()) not in after
