@@ -32,11 +32,19 @@ from slack_sdk.errors import SlackApiError
 
 from adapters.slack_format import CANCEL_ACTION_ID, LIVE_VIEW_ACTION_ID, escape, fit, from_slack
 from adapters.slack_manifest import EVENTS_PATH
-from adapters.slack_port import PLATFORM, SlackPort, api_url, error_code, rate_limits, web_client
+from adapters.slack_port import (
+    PLATFORM,
+    SPOKEN_SUBTYPES,
+    SlackPort,
+    api_url,
+    error_code,
+    rate_limits,
+    web_client,
+)
 from bot import constants, platforms
 from bot.engine import UNREADABLE, Engine
 from bot.errors import ConfigError, RateLimited
-from bot.types import Message, Reply, ThreadRef
+from bot.types import Message, Reaction, Reply, ThreadRef
 
 __all__ = ["PLATFORM", "SlackAdapter", "SlackPort", "build_adapter", "serve"]
 
@@ -48,8 +56,6 @@ HEALTH_PATH = "/healthz"
 LISTENER_THREADS = 10
 #: A slash command's thread starter is posted by the adapter itself: it waits out 429s this long.
 THREAD_STARTER_DEADLINE_S = 10.0
-#: Slack message subtypes that are a person speaking; edits, joins and bot posts are not.
-SPOKEN_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})
 #: The slash commands the app registers (manifest.yml lists the same): `/agent` and `/ask` become
 #: the same chat line; `/threadwork` passes a chat command or a request on.
 SLASH_COMMANDS = ("/agent", "/ask", "/threadwork")
@@ -77,6 +83,7 @@ class SlackAdapter:
         )
         self.app.event("app_mention")(self._on_event)
         self.app.event("message")(self._on_event)
+        self.app.event("reaction_added")(self._on_reaction)
         for command in SLASH_COMMANDS:
             self.app.command(command)(self._on_command)
         self.app.action(CANCEL_ACTION_ID)(self._on_cancel)
@@ -148,6 +155,20 @@ class SlackAdapter:
         if isinstance(channel, str) and isinstance(thread, str) and self.engine.claim_event(
                 PLATFORM, f"unreadable:{channel}:{thread}:{event.get('ts')}"):
             self.port.post(ThreadRef(PLATFORM, channel, thread), Reply(UNREADABLE))
+
+    def _on_reaction(self, body: dict[str, Any], event: dict[str, Any], context: Any) -> None:
+        """Hand a person's reaction to a message (a ✅ on a proposed memory) to the plugins."""
+        item, user = event.get("item") or {}, event.get("user")
+        if item.get("type") != "message" or not user or user == context.bot_user_id:
+            return
+        try:
+            if not self._first_delivery(body["event_id"]):
+                return
+            reaction = Reaction(PLATFORM, str(item["channel"]), str(item["ts"]), user, str(event.get("reaction", "")),
+                                user_name=self._user_name(user))
+            self.engine.hook.reaction_added(reaction=reaction, engine=self.engine)
+        except Exception:  # boundary: one incoming event
+            log.exception("handling Slack reaction %s failed", body.get("event_id"))
 
     def _on_command(self, ack: Any, command: dict[str, Any], respond: Any) -> None:
         ack()  # Slack shows the user an error unless this lands within 3 s: before any Web API call

@@ -29,6 +29,8 @@ METHOD_SCOPES: dict[str, str | None] = {
     "files.getUploadURLExternal": "files:write",
     "files.completeUploadExternal": "files:write",
     "users.info": "users:read",
+    # A thread's earlier messages; groups:history, im:history and mpim:history cover the others.
+    "conversations.replies": "channels:history",
 }
 #: `files_upload_v2` is three requests: two Web API methods and a POST to the upload URL.
 UPLOAD_V2_METHODS = ("files.getUploadURLExternal", "files.completeUploadExternal")
@@ -38,6 +40,7 @@ EVENT_SCOPES = {
     "message.channels": "channels:history",
     "message.groups": "groups:history",
     "message.im": "im:history",
+    "reaction_added": "reactions:read",
 }
 #: Slash commands need the `commands` scope.
 COMMANDS_SCOPE = "commands"
@@ -66,7 +69,7 @@ DEFAULT_APP: dict[str, Any] = {
     },
     "oauth_config": {
         "scopes": {"bot": ["app_mentions:read", "channels:history", "groups:history", "im:history",
-                           "chat:write", "commands", "files:write", "users:read"]},
+                           "chat:write", "commands", "files:write", "users:read", "reactions:read"]},
     },
     "settings": {
         "event_subscriptions": {"bot_events": list(EVENT_SCOPES)},

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web import SlackResponse
 
-from adapters.slack_format import fit, status_blocks, to_mrkdwn
+from adapters.slack_format import fit, from_slack, status_blocks, to_mrkdwn
 from bot import constants, metrics
 from bot.engine import Engine
-from bot.errors import RateLimited
+from bot.errors import HistoryRefused, RateLimited
 from bot.file_links import FileLinks
-from bot.types import Attachment, Reply, ThreadRef
+from bot.types import Attachment, Reply, ThreadMessage, ThreadRef
 
 __all__ = ["PLATFORM", "SlackPort", "api_url", "web_api_port", "web_client"]
 
@@ -31,6 +32,16 @@ PLATFORM = "slack"
 DEFAULT_API_URL = "https://slack.com/api/"
 #: Seconds a Web API request may take before it counts as failed (slack_sdk defaults to 30).
 WEB_API_TIMEOUT_S = 30
+#: Slack message subtypes that are a person speaking; edits, joins and bot posts are not.
+SPOKEN_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})
+#: Messages per conversations.replies page (Slack's reference: no more than 200 recommended).
+REPLIES_PAGE = 200
+#: Pages read of one thread at most: a thread longer than this is read from its start, and only
+#: the newest messages read are kept (what was said last before the bot came matters most).
+REPLIES_MAX_PAGES = 5
+#: Errors that asking again will not fix: the app lacks a scope or may not see the channel.
+HISTORY_REFUSED_ERRORS = frozenset({"missing_scope", "not_in_channel", "channel_not_found", "access_denied",
+                                    "not_allowed_token_type", "no_permission"})
 
 
 def api_url(settings: Any) -> str:
@@ -120,6 +131,53 @@ class SlackPort:
     def file_link(self, file_id: str) -> str | None:
         """Return the permalink of a file this port uploaded lately."""
         return self.links.get(file_id)
+
+    def thread_history(self, where: ThreadRef, *, before: str | None, limit: int) -> list[ThreadMessage]:
+        """Return the thread's messages before `before` (a ts), oldest first: conversations.replies, paginated."""
+        if not where.thread or before == where.thread:
+            return []  # the message that brought the bot started the thread: nothing came before it
+        found: list[dict[str, Any]] = []
+        cursor: str | None = None
+        for _ in range(REPLIES_MAX_PAGES):
+            try:
+                with rate_limits():
+                    response = self.client.conversations_replies(
+                        channel=where.channel, ts=where.thread, limit=REPLIES_PAGE, cursor=cursor,
+                        **({"latest": before, "inclusive": False} if before else {}))
+            except SlackApiError as exc:
+                if error_code(exc) in HISTORY_REFUSED_ERRORS:
+                    raise HistoryRefused(f"conversations.replies: {error_code(exc)}") from None
+                raise
+            found.extend(response.get("messages") or [])
+            cursor = (response.get("response_metadata") or {}).get("next_cursor") or None
+            if not cursor:
+                break
+        spoken = [item for item in found if item.get("ts") and (before is None or _older(item["ts"], before))]
+        names = {user: self._name(user) for user in {item.get("user") for item in spoken[-limit:]} if user}
+        return [ThreadMessage(external_id=str(item["ts"]), user_id=str(item.get("user") or item.get("bot_id") or ""),
+                              text=from_slack(item.get("text") or ""), user_name=names.get(item.get("user"), ""),
+                              sent_at=datetime.fromtimestamp(float(item["ts"]), timezone.utc),
+                              is_bot=bool(item.get("bot_id")) or item.get("subtype") not in SPOKEN_SUBTYPES)
+                for item in spoken[-limit:]]
+
+    def _name(self, user_id: str) -> str:
+        """Return a person's display name (users.info), or "" when Slack won't say."""
+        try:
+            with rate_limits():
+                user = self.client.users_info(user=user_id)["user"]
+        except (SlackApiError, RateLimited):
+            return ""
+        profile = user.get("profile") or {}
+        return profile.get("display_name") or profile.get("real_name") or user.get("real_name") or user.get("name") or ""
+
+
+def _older(ts: str, than: str) -> bool:
+    """Return whether one Slack ts is earlier than another (compared exactly, not as floats)."""
+    def key(value: str) -> tuple[int, int]:
+        seconds, _, fraction = value.partition(".")
+        return int(seconds), int(fraction.ljust(6, "0")[:6] or 0)
+
+    return key(ts) < key(than)
 
 
 def _content(reply: Reply, limit: int) -> dict[str, Any]:

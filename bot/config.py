@@ -25,6 +25,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     create_model,
+    field_validator,
     model_validator,
 )
 
@@ -149,6 +150,24 @@ class AgentSection(_Section):
     server_max_rss_mb: int = Field(default=1500, ge=200)
     #: The warm server is restarted between runs after this many runs; 0: never for that reason.
     server_max_runs: int = Field(default=0, ge=0)
+    #: Tool calls that wait for a person's approval in the thread, one `tool: pattern` each
+    #: (opencode permission classes: bash, edit, read, ...; `*` matches anything), e.g.
+    #: `[bash: "git push*", edit: "*.sql"]`. Warm mode only: `doctor` warns in cold mode.
+    ask: list[dict[str, str]] = Field(default_factory=list)
+    #: Seconds an approval request waits for an answer before it is rejected.
+    approval_timeout_seconds: int = Field(default=300, ge=5)
+
+    @field_validator("ask")
+    @classmethod
+    def _one_rule_each(cls, rules: list[dict[str, str]]) -> list[dict[str, str]]:
+        for rule in rules:
+            if len(rule) != 1:
+                raise ValueError(f"each agent.ask entry is one `tool: pattern`, not {rule!r}")
+        return rules
+
+    def ask_rules(self) -> tuple[tuple[str, str], ...]:
+        """Return the approval rules as (tool class, pattern) pairs."""
+        return tuple((tool, str(pattern)) for rule in self.ask for tool, pattern in rule.items())
 
 
 class ResourcesSection(_Section):
@@ -233,6 +252,12 @@ class MemorySection(_Section):
     summary_model: str | None = None
     #: The longest fact `/remember` keeps, in characters.
     max_fact_chars: int = Field(default=2000, ge=10, le=20000)
+    #: Offer to remember a decision or a preference stated in a thread ("React ✅ to keep it").
+    propose: bool = True
+    #: Hours an unconfirmed proposal can still be confirmed; older ones are deleted.
+    proposal_ttl_hours: float = Field(default=72, gt=0)
+    #: The most earlier messages read from the platform when the bot first works in a thread.
+    history_messages: int = Field(default=200, ge=0, le=1000)
 
 
 class Manifest(_Section):

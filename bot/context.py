@@ -23,6 +23,7 @@ import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 from sqlalchemy.orm import Session
 
@@ -41,7 +42,7 @@ from bot.memory import (
     scopes_for,
     thread_scope,
 )
-from bot.types import Conversation, HistoryEntry, MemoryItem, Message
+from bot.types import Conversation, HistoryEntry, MemoryItem, Message, as_utc
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +218,9 @@ class ContextBuilder:
             after = summary.through_message_id if summary else None
             entries = thread_entries(session, conversation_id, after_id=after, newest=FIRST_LOAD_ROWS)
             thread = _Thread(entries, summary, version, complete=len(entries) < FIRST_LOAD_ROWS)
-        thread = _trimmed(thread, budget_tokens)
+        # What was said before the bot came (plugins.memory.history) is stored after the message
+        # that brought it, with the platform's times: the thread is shown in the order it was said.
+        thread = _trimmed(replace(thread, entries=sorted(thread.entries, key=_said_at)), budget_tokens)
         self._keep(conversation_id, thread)
         return thread
 
@@ -291,6 +294,10 @@ def _trimmed(thread: _Thread, budget_tokens: int) -> _Thread:
         if spent > budget_tokens:
             return replace(thread, entries=thread.entries[index + 1:], complete=False)
     return thread
+
+
+def _said_at(entry: HistoryEntry) -> tuple[datetime, int]:
+    return as_utc(entry.created_at), entry.id
 
 
 def _line(entry: HistoryEntry) -> str:

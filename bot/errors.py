@@ -55,3 +55,7 @@ class RateLimited(ThreadworkError):
     def __init__(self, retry_after: float, message: str = "rate limited") -> None:
         super().__init__(f"{message}; retry after {retry_after:g}s")
         self.retry_after = retry_after
+
+
+class HistoryRefused(ThreadworkError):
+    """The platform will not show a thread's earlier messages (a missing scope or permission): asking again won't help."""

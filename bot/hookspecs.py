@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         HealthCheck,
         MemoryItem,
         Message,
+        Reaction,
         RouteDecision,
         RunEvent,
     )
@@ -129,6 +130,18 @@ def remember(message: Message, conversation: Conversation, reply: str, engine: E
     :param conversation: its conversation.
     :param reply: the bot's final answer (a direct answer or an agent run's summary).
     :param engine: the engine, for the database.
+    """
+
+
+@hookspec
+def reaction_added(reaction: Reaction, engine: EngineAPI) -> None:
+    """Return nothing; act on a reaction a person added to a message in a channel the bot is in.
+
+    Called by the adapter after the platform has its acknowledgement, once per reaction; it
+    may read and write the database and post a short reply, nothing slower.
+
+    :param reaction: who reacted, with which emoji, to which message (`bot.types.Reaction`).
+    :param engine: the engine, for the database, the manifest's permissions and posting.
     """
 
 

@@ -42,6 +42,9 @@ class MemoryKind(str, enum.Enum):
     FACT = "fact"
     EXCHANGE = "exchange"
     SUMMARY = "summary"
+    #: Offered in a thread ("Remember that …? React ✅"), kept as a FACT once someone confirms;
+    #: never recalled, listed or searched before.
+    PROPOSAL = "proposal"
 
 
 @dataclass(frozen=True)

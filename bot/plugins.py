@@ -36,6 +36,8 @@ DEFAULT_PLUGINS = (
     "plugins.memory.thread_history",
     "plugins.memory.channel_notes",
     "plugins.memory.commands",
+    "plugins.memory.history",
+    "plugins.memory.proposals",
     "adapters.ports",
 )
 

@@ -149,6 +149,73 @@ class ChatPort(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class ThreadMessage:
+    """One message read back from a platform thread: what was said there before the bot took part."""
+
+    #: The platform's id of the message (Slack ts, Discord snowflake), as `Message.external_id`.
+    external_id: str
+    user_id: str
+    text: str
+    sent_at: datetime
+    user_name: str = ""
+    #: Posted by a bot or an app (this one included): not someone's words.
+    is_bot: bool = False
+
+
+@runtime_checkable
+class ThreadHistoryPort(Protocol):
+    """A `ChatPort` that can read a thread's earlier messages (Slack, Discord; the console has none).
+
+    Implementations raise `bot.errors.HistoryRefused` when the platform will never show them
+    (a missing scope or permission), `bot.errors.RateLimited` on a 429, anything else when
+    asking again later may work.
+    """
+
+    def thread_history(self, where: ThreadRef, *, before: str | None, limit: int) -> list[ThreadMessage]:
+        """Return the thread's messages older than `before` (a platform message id), oldest first, the newest `limit`."""
+        ...
+
+
+@dataclass(frozen=True)
+class Reaction:
+    """A person's reaction to a message in a channel, as an adapter hands it to the `reaction_added` hook."""
+
+    platform: str
+    channel: str
+    #: The platform's id of the message reacted to (Slack ts, Discord snowflake).
+    message_id: str
+    user_id: str
+    #: The emoji as the platform names it: `white_check_mark` on Slack, `✅` on Discord.
+    emoji: str
+    user_name: str = ""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One button under a message: its label, the chat line a press stands for, and its look."""
+
+    label: str
+    #: The chat line the press is dispatched as, as if the presser had typed it (`/approve once per_1`).
+    line: str
+    #: "primary", "danger" or "" (the platform's default look).
+    style: str = ""
+
+
+@runtime_checkable
+class ChoicePort(Protocol):
+    """A `ChatPort` that can put buttons under a message (Slack Block Kit, Discord components).
+
+    A press comes back to the engine as the choice's `line`, dispatched as a message of the
+    person who pressed it, so the same permissions apply as when they type it. Ports without
+    buttons get the text alone, which says what to type instead.
+    """
+
+    def post_choices(self, where: ThreadRef, reply: Reply, choices: list[Choice]) -> str:
+        """Post the reply with one button per choice; return the platform's id of the new message."""
+        ...
+
+
 class RunState(str, enum.Enum):
     """Where an agent run is in its life."""
 
@@ -367,6 +434,11 @@ class AgentTask:
     #: True for a fork's first run: `session_id` is the parent's session (copied into this
     #: conversation's state by `/fork`), to be forked into a new session, not continued.
     fork_session: bool = False
+    #: Tool calls that wait for a person's approval (`agent.ask`): (tool class, pattern) pairs,
+    #: e.g. ("bash", "git push*"). Only an agent that takes mid-run messages can ask.
+    ask: tuple[tuple[str, str], ...] = ()
+    #: Seconds an approval request waits before it is rejected (`agent.approval_timeout_seconds`).
+    approval_timeout_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -405,6 +477,31 @@ class Agent(Protocol):
 
     def run(self, task: AgentTask, on_event: Callable[[RunEvent], None], cancel: threading.Event) -> AgentOutcome:
         """Run the task to its end (or until `cancel` is set), reporting each event; return how it ended."""
+        ...
+
+
+@runtime_checkable
+class SteerableAgent(Agent, Protocol):
+    """An agent that takes messages while it runs: steering and approvals (issue 14).
+
+    The worker calls `run_with_inbox` instead of `run` when `steerable` is true. The inbox
+    (`bot.signals.RunInbox`) carries what people send the running run: `inbox.cancel` is
+    `run`'s cancel event; `inbox.next()`/`inbox.pending()` give steering messages
+    (`Signal.steer`: hand `text` to the agent at its next step and report a STEP named
+    `bot.runs.STEER_STEP`) and answers to approval requests (`Signal.approval`). The agent asks for
+    approval by reporting a STEP named `bot.approvals.ASKED` and reports the answer, or
+    its timeout, as a STEP named `bot.approvals.ANSWERED`. Steering messages it
+    could not hand over (it fell back to a path that cannot take them) are left in the
+    inbox: the worker queues each as the next run.
+
+    `steerable` may change with configuration (opencode: only `agent.mode: warm`); `dispatch`
+    reads it to tell a person whether their message steers the run or waits for the next.
+    """
+
+    steerable: bool
+
+    def run_with_inbox(self, task: AgentTask, on_event: Callable[[RunEvent], None], inbox: Any) -> AgentOutcome:
+        """Run the task like `run`, taking steering messages and approval answers from `inbox`."""
         ...
 
 

@@ -20,7 +20,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, text
+from sqlalchemy import delete, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -155,6 +155,62 @@ class Memories:
             self.s.execute(statement.on_conflict_do_update(
                 index_elements=["key"], set_={"version": statement.excluded.version,
                                               "changed_at": statement.excluded.changed_at}))
+
+    # -- proposed memories (kind `proposal`: not indexed, listed or recalled until confirmed) --
+
+    def propose(self, text: str, *, scope: Scope, conversation_id: int, platform_message_id: str, tokens: int,
+                author_id: str = "", author_name: str = "", source_message_id: int | None = None) -> int:
+        """Store a proposed memory, posted as the chat message `platform_message_id`; return its id."""
+        row = MemoryRow(conversation_id=conversation_id, text=text, tokens=tokens, kind=MemoryKind.PROPOSAL.value,
+                        source_message_id=source_message_id, scope=scope.kind.value, platform=scope.platform,
+                        channel=scope.channel, user_id=scope.user_id, author_id=author_id,
+                        author_name=author_name[:200], platform_message_id=platform_message_id)
+        self.s.add(row)
+        self.s.flush()
+        return row.id
+
+    def proposal(self, platform: str, platform_message_id: str) -> Memory | None:
+        """Return the unconfirmed proposal posted as this chat message, or None."""
+        row = self.s.scalars(select(MemoryRow).where(MemoryRow.platform == platform,
+                                                     MemoryRow.platform_message_id == platform_message_id,
+                                                     MemoryRow.kind == MemoryKind.PROPOSAL.value)).first()
+        return _memory(row) if row else None
+
+    def latest_proposal(self, conversation_id: int) -> Memory | None:
+        """Return the conversation's newest unconfirmed proposal, or None."""
+        row = self.s.scalars(select(MemoryRow).where(MemoryRow.conversation_id == conversation_id,
+                                                     MemoryRow.kind == MemoryKind.PROPOSAL.value)
+                             .order_by(MemoryRow.id.desc()).limit(1)).first()
+        return _memory(row) if row else None
+
+    def confirm(self, proposal: Memory) -> bool:
+        """Turn a proposal into a kept fact of its scope and index it; False if it was confirmed or gone already."""
+        changed = self.s.execute(update(MemoryRow).where(MemoryRow.id == proposal.id,
+                                                         MemoryRow.kind == MemoryKind.PROPOSAL.value)
+                                 .values(kind=MemoryKind.FACT.value)).rowcount
+        if not changed:
+            return False
+        token = scope_of(proposal.scope.value, proposal.platform, proposal.channel, proposal.user_id).token
+        index_memory(self.s, proposal.id, token, proposal.text)
+        self.touch([token])
+        return True
+
+    def holds(self, scope: Scope, text: str) -> bool:
+        """Return whether the scope already holds this text as a fact or a proposal (any case)."""
+        query = select(MemoryRow.id).where(
+            MemoryRow.platform == scope.platform, MemoryRow.scope == scope.kind.value,
+            MemoryRow.kind.in_([MemoryKind.FACT.value, MemoryKind.PROPOSAL.value]),
+            func.lower(MemoryRow.text) == text.lower())
+        if scope.kind == ScopeKind.CHANNEL:
+            query = query.where(MemoryRow.channel == scope.channel)
+        elif scope.kind == ScopeKind.PERSON:
+            query = query.where(MemoryRow.user_id == scope.user_id)
+        return self.s.scalars(query.limit(1)).first() is not None
+
+    def expire_proposals(self, before: datetime) -> int:
+        """Delete the proposals made before this moment that nobody confirmed; return how many went."""
+        return self.s.execute(delete(MemoryRow).where(MemoryRow.kind == MemoryKind.PROPOSAL.value,
+                                                      MemoryRow.created_at < before)).rowcount or 0
 
     # -- reads ------------------------------------------------------------------------------
 

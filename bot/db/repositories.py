@@ -155,6 +155,17 @@ class Conversations:
             update(ConversationRow).where(ConversationRow.id == conversation_id).values(agent_session_id=session_id)
         )
 
+    def claim_history(self, conversation_id: int) -> bool:
+        """Mark the thread's platform history as read; return False when it was marked already (one conditional UPDATE)."""
+        return bool(self.s.execute(update(ConversationRow).where(
+            ConversationRow.id == conversation_id, ConversationRow.history_fetched_at.is_(None))
+            .values(history_fetched_at=utcnow())).rowcount)
+
+    def release_history(self, conversation_id: int) -> None:
+        """Unmark the thread's platform history, so the next message reads it again."""
+        self.s.execute(update(ConversationRow).where(ConversationRow.id == conversation_id)
+                       .values(history_fetched_at=None))
+
     def _row(self, where: ThreadRef) -> ConversationRow | None:
         return self.s.scalars(
             select(ConversationRow).where(
@@ -240,6 +251,12 @@ class Messages:
             query = query.where(or_(MessageRow.external_id.is_(None), MessageRow.external_id.not_in(status_ids)))
         rows = self.s.scalars(query.order_by(MessageRow.id.desc()).limit(limit)).all()
         return [_entry(row) for row in reversed(rows)]
+
+    def first_platform_id(self, conversation_id: int) -> str | None:
+        """Return the platform's id of the conversation's first stored message from a person, or None."""
+        return self.s.scalars(select(MessageRow.external_id).where(
+            MessageRow.conversation_id == conversation_id, MessageRow.role == "user",
+            MessageRow.external_id.is_not(None)).order_by(MessageRow.id).limit(1)).first()
 
     def count(self, conversation_id: int) -> int:
         """Return how many messages the conversation holds."""

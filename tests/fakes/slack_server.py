@@ -344,6 +344,7 @@ class FakeSlackServer:
         self._ids = itertools.count(1)
         self._buckets: dict[str, tuple[float, float]] = {}
         self._forced: dict[str, list[int]] = {}  # method -> [remaining, retry_after]
+        self._refusals: dict[str, str] = {}  # method -> the error it answers with (see `refuse`)
         self._upload_tokens: dict[str, str] = {}
         self._response_urls: dict[str, tuple[str, str | None]] = {}  # token -> (channel, msg ts)
         self._tickets: set[str] = set()
@@ -444,6 +445,26 @@ class FakeSlackServer:
         (whether or not rate limits are on): a "429 storm"."""
         with self._cond:
             self._forced[method] = [times, retry_after]
+
+    def refuse(self, method: str, error: str | None) -> None:
+        """Answer every call of ``method`` with ``{"ok": false, "error": error}`` (None: stop refusing).
+
+        Supported for ``conversations.replies`` (e.g. ``missing_scope``, ``not_in_channel``)."""
+        with self._cond:
+            if error is None:
+                self._refusals.pop(method, None)
+            else:
+                self._refusals[method] = error
+
+    def add_thread_message(self, channel: str, text: str, *, user: str = DEFAULT_USER_ID,
+                           thread_ts: str | None = None, bot: bool = False) -> Message:
+        """Store a message said earlier, without an event (one the bot was not told about).
+
+        With ``thread_ts`` it is a reply in that thread; ``bot=True`` posts it as this app."""
+        msg = Message(channel, self._new_ts(), text, thread_ts, user=None if bot else user,
+                      bot_id=self.bot_id if bot else None)
+        self._record(messages=msg)
+        return msg
 
     # -- reading the record -------------------------------------------------------------------
     def calls_to(self, method: str) -> list[dict[str, Any]]:
@@ -841,14 +862,28 @@ class FakeSlackServer:
 
     def _conversations_replies(self, params: dict[str, Any]) -> dict[str, Any]:
         channel, ts = str(params.get("channel", "")), str(params.get("ts", ""))
+        refused = self._refusals.get("conversations.replies")
+        if refused:
+            raise SlackApiFailure(refused)
         parent = self.message(channel, ts)
         if parent is None:
             raise SlackApiFailure("thread_not_found")
         root = parent.thread_ts or parent.ts
         thread = self.messages_in_thread(channel, root)
+        latest, oldest = params.get("latest"), params.get("oldest")
+        inclusive = str(params.get("inclusive", "")).lower() in ("1", "true")
+        if latest:
+            thread = [m for m in thread if _ts_key(m.ts) < _ts_key(str(latest))
+                      or (inclusive and m.ts == str(latest))]
+        if oldest:
+            thread = [m for m in thread if _ts_key(m.ts) > _ts_key(str(oldest))
+                      or (inclusive and m.ts == str(oldest))]
         limit = int(params.get("limit") or 1000)
+        start = int(params.get("cursor") or 0)  # the cursor is the offset of the next page
+        page = thread[start:start + limit]
+        more = start + limit < len(thread)
         out = []
-        for m in thread[:limit]:
+        for m in page:
             d = m.to_api()
             if m.ts == root:
                 replies = [r for r in thread if r.ts != root]
@@ -857,8 +892,8 @@ class FakeSlackServer:
                 if replies:
                     d["latest_reply"] = replies[-1].ts
             out.append(d)
-        return {"messages": out, "has_more": len(thread) > limit,
-                "response_metadata": {"next_cursor": ""}}
+        return {"messages": out, "has_more": more,
+                "response_metadata": {"next_cursor": str(start + limit) if more else ""}}
 
     def _conversations_history(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = str(params.get("channel", ""))
