@@ -107,7 +107,7 @@ def test_cancel_ends_the_whole_process_tree_within_five_seconds(tmp_path: Path, 
     assert run.state == RunState.CANCELLED
     status_text = view.last(view.order[0])
     assert "cancelled" in status_text and "Cancelled by bo." in status_text
-    assert not processes_with("opencode run --format json --dir " + str(tmp_path))
+    assert not processes_with(" run --format json --dir " + str(tmp_path))
 
 
 def test_cancel_of_a_queued_run_and_one_run_at_a_time_per_thread(tmp_path: Path, model,
