@@ -358,7 +358,8 @@ def serve(settings: Any, role: str, port: int | None = None) -> str | None:
         start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
         raise UserFacingError(f"cannot serve metrics on {host}:{port} ({exc.strerror or exc}): is another process "
-                              f"using it? Set {PORT_ENV} to a free port") from None
+                              f"using it? Give each process a port of its own ({PORT_ENV}, or a worker's "
+                              "--metrics-port)") from None
     # The port is ours now: files left in the directory are an earlier process's.
     for stale in directory.glob("*.db"):
         stale.unlink(missing_ok=True)

@@ -8,6 +8,7 @@ platform's Retry-After delays only that message, and the final state always land
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -128,7 +129,9 @@ class LiveMessage:
         with self._cond:
             self._pending = reply
             if self._flusher is None:
-                self._flusher = threading.Thread(target=self._flush_loop, name="live-message", daemon=True)
+                # In the caller's context: its log records keep the run's and job's ids.
+                self._flusher = threading.Thread(target=contextvars.copy_context().run, args=(self._flush_loop,),
+                                                 name="live-message", daemon=True)
                 self._flusher.start()
             self._cond.notify_all()
 

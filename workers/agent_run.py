@@ -10,6 +10,7 @@ for the same run loses the claim; a run whose worker died is found by `workers.r
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -80,7 +81,8 @@ def _execute(engine: Engine, run_id: int) -> None:
     live = LiveMessage.in_thread(engine, conversation, message_id=run.status_message_id)
     progress = _Progress(engine, run, live)
     progress.show()
-    heartbeat = threading.Thread(target=progress.beat, name=f"run-{run_id}-heartbeat", daemon=True)
+    heartbeat = threading.Thread(target=contextvars.copy_context().run, args=(progress.beat,),
+                                 name=f"run-{run_id}-heartbeat", daemon=True)
     heartbeat.start()
     try:
         outcome = _run_agent(engine, run, conversation, progress)

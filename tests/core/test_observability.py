@@ -103,3 +103,28 @@ def test_the_console_bot_logs_json_lines_with_the_message_and_job_ids(tmp_path: 
     # dispatch (the hook calls routing the message) names the conversation; the job also names itself.
     assert any(r.get("conversation_id") == 1 and "job_id" not in r and "route_message" in r["message"] for r in logged)
     assert any(r.get("conversation_id") == 1 and r.get("job_id", "").startswith("message-") for r in logged)
+
+
+def test_a_live_message_edited_from_its_own_thread_keeps_the_runs_ids(log_file: Path) -> None:
+    from bot.progress import LiveMessage
+    from bot.types import Reply
+
+    log = logging.getLogger("bot.test")
+    flushed = threading.Event()
+
+    def edit(message_id: str, reply: Reply) -> None:
+        log.info("edited %s to %r in %s", message_id, reply.text, threading.current_thread().name)
+        flushed.set()
+
+    @scoped
+    def one_run() -> None:
+        bind(run_id=11, job_id="run-11")
+        live = LiveMessage(post=lambda reply: "m1", edit=edit, interval=0.0, message_id="m1")
+        live.update(Reply("working", partial=True))
+        assert flushed.wait(30), "the live message's own thread never edited it"
+        live.finish(Reply("done"))
+
+    one_run()
+    edits = [record for record in records(log_file) if record["message"].startswith("edited")]
+    assert any("in live-message" in record["message"] for record in edits), edits
+    assert edits and all((record["run_id"], record["job_id"]) == (11, "run-11") for record in edits)
