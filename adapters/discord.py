@@ -44,7 +44,7 @@ from adapters.discord_manifest import PRIVILEGED_INTENTS, gateway_intents
 from adapters.discord_port import PLATFORM, DiscordPort, EventLoopThread, apply_url_overrides, client_options
 from bot.engine import SOMETHING_WENT_WRONG, Engine
 from bot.errors import ConfigError
-from bot.types import Message, ThreadRef
+from bot.types import Message, Reaction, ThreadRef
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -121,6 +121,9 @@ class GatewayClient(discord.Client):
 
     async def on_message(self, message: discord.Message) -> None:
         await self.bot.on_message(message)
+
+    async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        await self.bot.on_reaction(payload)
 
     async def cancel_clicked(self, interaction: discord.Interaction, run_id: int) -> None:
         await self.bot.on_cancel_click(interaction, run_id)
@@ -225,6 +228,26 @@ class DiscordBot:
         author = message.author
         await self._dispatch(Message(where=where, text=text, user_id=str(author.id), user_name=author.display_name,
                                      external_id=str(message.id), is_direct=direct, received_at=message.created_at))
+
+    async def on_reaction(self, payload: discord.RawReactionActionEvent) -> None:
+        """Hand a person's reaction to a message (a ✅ on a proposed memory) to the plugins."""
+        me = self.client.user
+        if self._closing or me is None or payload.user_id == me.id:
+            return
+        member = payload.member
+        if member is not None and member.bot:
+            return
+        reaction = Reaction(PLATFORM, str(payload.channel_id), str(payload.message_id), str(payload.user_id),
+                            str(payload.emoji), user_name=member.display_name if member is not None else "")
+        try:
+            await self._in_thread_pool(self._react_now, reaction)
+        except Exception:  # boundary: one incoming reaction
+            log.exception("handling a Discord reaction on %s failed", payload.message_id)
+
+    def _react_now(self, reaction: Reaction) -> None:
+        key = f"reaction:{reaction.message_id}:{reaction.user_id}:{reaction.emoji}"
+        if self.engine.claim_event(PLATFORM, key):  # a resumed gateway may deliver it again
+            self.engine.hook.reaction_added(reaction=reaction, engine=self.engine)
 
     def _mentions_me(self, message: discord.Message) -> bool:
         me = self.client.user

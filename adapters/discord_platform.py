@@ -21,7 +21,8 @@ class DiscordSettings(BaseModel):
     #: Gateway intents, named as in discord.py's `Intents`; message_content is privileged
     #: (switched on in the developer portal) and lets the bot read thread replies that do not
     #: mention it.
-    intents: list[str] = Field(default_factory=lambda: ["guilds", "guild_messages", "dm_messages", "message_content"])
+    intents: list[str] = Field(default_factory=lambda: ["guilds", "guild_messages", "dm_messages", "message_content",
+                                                         "guild_reactions", "dm_reactions"])
     #: Bot permissions the invite URL asks for, named as in discord.py's `Permissions`.
     permissions: list[str] = Field(default_factory=lambda: [
         "view_channel", "send_messages", "send_messages_in_threads", "create_public_threads",

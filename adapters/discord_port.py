@@ -41,9 +41,9 @@ from adapters.discord_format import CONTENT_LIMIT, split_markdown, status_embed,
 from bot import constants, metrics
 from bot.config import Settings
 from bot.engine import Engine
-from bot.errors import RateLimited, UserFacingError
+from bot.errors import HistoryRefused, RateLimited, UserFacingError
 from bot.file_links import FileLinks
-from bot.types import Attachment, Reply, ThreadRef
+from bot.types import Attachment, Reply, ThreadMessage, ThreadRef
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,6 +69,8 @@ THREAD_NAME_LIMIT = 100
 #: Minutes of quiet before Discord archives a thread the bot opened (one of 60, 1440, 4320, 10080).
 THREAD_ARCHIVE_MINUTES = 10080
 
+#: Message types people write; joins, pins and "thread created" notices are not someone's words.
+PEOPLES_MESSAGE_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 #: Bot messages ping nobody: a model's or agent's text must not notify @everyone or a user.
 NO_MENTIONS = discord.AllowedMentions.none()
 
@@ -207,6 +209,20 @@ class DiscordPort:
         """Return the largest file Discord takes in one upload where the thread is."""
         return self._file_limit(where)[0]
 
+    def thread_history(self, where: ThreadRef, *, before: str | None, limit: int) -> list[ThreadMessage]:
+        """Return the thread's messages before `before` (a snowflake), oldest first: GET /channels/{id}/messages.
+
+        Needs the Read Message History permission; without it Discord answers 403, which is
+        `HistoryRefused`. A direct message, or a thread the bot opened on the message that
+        brought it, has nothing before.
+        """
+        if where.thread in ("", where.channel) or before == where.thread:
+            return []
+        try:
+            return self._call(self._history(where, before, limit))
+        except (discord.Forbidden, discord.NotFound) as exc:
+            raise HistoryRefused(f"Discord {exc.status}: {exc.text or 'no access'}") from None
+
     def close(self) -> None:
         """Close a REST-only port's client and loop (a gateway's port closes with its bot)."""
         if self._login_token is not None:
@@ -243,6 +259,17 @@ class DiscordPort:
         for message_id, part in zip(follow_ups, parts[1:], strict=True):
             self._remember(message_id, part, [])
         return str(head.id)
+
+    async def _history(self, where: ThreadRef, before: str | None, limit: int) -> list[ThreadMessage]:
+        channel = self._channel(where)
+        me = self._client.user
+        found = [message async for message in channel.history(
+            limit=limit, before=discord.Object(int(before)) if before else None)]  # newest first, 100 a request
+        return [ThreadMessage(external_id=str(message.id), user_id=str(message.author.id),
+                              text=re.sub(rf"<@!?{me.id}>\s*", "", message.content) if me else message.content,
+                              sent_at=message.created_at, user_name=message.author.display_name,
+                              is_bot=message.author.bot or message.type not in PEOPLES_MESSAGE_TYPES)
+                for message in reversed(found)]
 
     async def _open_thread(self, where: ThreadRef, text: str) -> ThreadRef:
         first_line = text.strip().splitlines()[0] if text.strip() else EMPTY_TEXT

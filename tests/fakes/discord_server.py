@@ -71,6 +71,8 @@ INTENT_GUILDS = 1 << 0
 INTENT_GUILD_MEMBERS = 1 << 1
 INTENT_GUILD_PRESENCES = 1 << 8
 INTENT_GUILD_MESSAGES = 1 << 9
+INTENT_GUILD_MESSAGE_REACTIONS = 1 << 10
+INTENT_DIRECT_MESSAGE_REACTIONS = 1 << 13
 INTENT_DIRECT_MESSAGES = 1 << 12
 INTENT_MESSAGE_CONTENT = 1 << 15
 PRIVILEGED_INTENTS = INTENT_GUILD_MEMBERS | INTENT_GUILD_PRESENCES | INTENT_MESSAGE_CONTENT
@@ -477,6 +479,27 @@ class FakeDiscordServer:
         """
         return self._call(self._push_message(str(channel_id), content, author or self.human, mentions,
                                              guild_id, list(attachments), message_reference))
+
+    def add_thread_message(self, channel_id: int | str, content: str, author: Json | None = None) -> FakeMessage:
+        """Store a message said earlier, without a MESSAGE_CREATE (one the bot was not told about)."""
+        return self._create_message(str(channel_id), author or self.human, {"content": content}, [])
+
+    def send_reaction_add(self, channel_id: int | str, message_id: int | str, user: Json | None = None,
+                          emoji: str = "✅") -> Json:
+        """A user reacts to a message with a unicode emoji: store it and dispatch MESSAGE_REACTION_ADD.
+
+        Reaches only sessions with the GUILD_MESSAGE_REACTIONS (or, in a DM, DIRECT_MESSAGE_REACTIONS) intent."""
+        user = user or self.human
+        channel = self.channels[str(channel_id)]
+        message = self._find_message(str(channel_id), str(message_id))
+        data: Json = {"user_id": user["id"], "channel_id": str(channel_id), "message_id": str(message_id),
+                      "emoji": {"id": None, "name": emoji}, "type": 0, "burst": False,
+                      "message_author_id": message.author["id"]}
+        if channel.get("guild_id"):
+            data["guild_id"] = channel["guild_id"]
+            data["member"] = self.members.get(user["id"]) or self.add_member(user)
+        self.dispatch("MESSAGE_REACTION_ADD", data)
+        return data
 
     def send_interaction_create(
         self,
@@ -1322,6 +1345,9 @@ class FakeDiscordServer:
 
     def _visible(self, session: _Session, event: str, data: Json) -> Json | None:
         """What ``session`` receives of an event, given its intents (None: nothing)."""
+        if event == "MESSAGE_REACTION_ADD":
+            wanted = INTENT_GUILD_MESSAGE_REACTIONS if "guild_id" in data else INTENT_DIRECT_MESSAGE_REACTIONS
+            return data if session.intents & wanted else None
         if event not in ("MESSAGE_CREATE", "MESSAGE_UPDATE"):
             return data
         in_guild = "guild_id" in data
