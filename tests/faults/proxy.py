@@ -1,0 +1,76 @@
+"""A TCP proxy on 127.0.0.1 that delays what passes through it: a slow Redis or database, on demand."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+#: Bytes read at once from either side.
+CHUNK = 65536
+
+
+class DelayingProxy:
+    """Forwards connections to `target` (host, port), holding each chunk `delay` seconds, until stopped."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.delay = 0.0
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.base_events.Server | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="delaying-proxy", daemon=True)
+
+    def __enter__(self) -> DelayingProxy:
+        self._thread.start()
+        self._ready.wait(5)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+    async def _shutdown(self) -> None:
+        """Stop accepting, and end every connection in flight (both pipes of each)."""
+        assert self._server is not None
+        self._server.close()
+        pipes = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in pipes:
+            task.cancel()
+        await asyncio.gather(*pipes, return_exceptions=True)
+
+    def url_for(self, url: str) -> str:
+        """Return `url` with its host and port replaced by this proxy's."""
+        host_port = f"{self.target[0]}:{self.target[1]}"
+        assert host_port in url, f"{url} does not point at {host_port}"
+        return url.replace(host_port, f"127.0.0.1:{self.port}")
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._server = self._loop.run_until_complete(asyncio.start_server(self._connect, "127.0.0.1", 0))
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _connect(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        try:
+            server_reader, server_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            client_writer.close()
+            return
+        await asyncio.gather(self._pipe(client_reader, server_writer), self._pipe(server_reader, client_writer))
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(CHUNK):
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
