@@ -151,3 +151,22 @@ def test_with_semantic_search_switched_off_memories_are_found_by_their_words_onl
         repository = Memories(s)
         assert repository.delete(repository.search([channel], "deploys")) == 1
     assert found(db, [person, channel, team], "which day are deploys?") == []
+
+
+def test_a_forgotten_word_is_gone_from_the_sqlite_index_segments_too(tmp_path) -> None:
+    """FTS5 keeps deleted words in its older segments until they are merged: forgetting merges them."""
+    db = Database(f"sqlite:///{tmp_path / 'forget.db'}")
+    db.migrate()
+    person, channel, _ = scopes_for("slack", "C042", "U1")
+    try:
+        for n in range(50):  # other memories, written in transactions of their own: segments of their own
+            keep(db, f"Note {n} about the parser and the queue.", channel, author="U2")
+        keep(db, "My cat is called Quuxzebulon.", person)
+        with db.session() as s:
+            assert Memories(s).forget_person("slack", "U1") == 1
+        with db.engine.connect() as connection:
+            blocks = connection.execute(text("SELECT block FROM memories_fts_data")).scalars().all()
+        assert not [block for block in blocks if block and b"quuxzebulon" in bytes(block)]
+        assert found(db, [channel], "parser queue")  # the others are still found
+    finally:
+        db.close()
