@@ -175,6 +175,8 @@ class ResourcesSection(_Section):
 
     #: Files a run uploads one by one; the rest go up as one zip (each stays a resource).
     max_uploads: int = Field(default=constants.RUN_MAX_UPLOADS, ge=1, le=1000)
+    #: A file larger than this (MiB) is named in the thread, not read or uploaded.
+    max_file_mb: int = Field(default=constants.RUN_MAX_FILE_MB, ge=1, le=1024)
 
 
 class ChannelPermissions(_Section):

@@ -27,6 +27,11 @@ DISCORD_THREAD_NAME_LIMIT = 100
 #: Discord's default per-file upload limit, 10 MiB, on unboosted guilds (Discord API docs).
 DISCORD_DEFAULT_FILE_LIMIT = 10 * 1024 * 1024
 
+#: The largest file of a run that is read, stored and uploaded, in MiB (`resources.max_file_mb`):
+#: Slack takes files up to 1 GB (files.getUploadURLExternal docs), but a worker reads a file
+#: whole into memory to hash, redact and store it.
+RUN_MAX_FILE_MB = 100
+
 #: A post or upload the platform answered 429 is tried again after its Retry-After, at most
 #: this many times (Slack's 429s carry Retry-After of a few seconds: chat.postMessage docs).
 RATE_LIMIT_RETRIES = 5

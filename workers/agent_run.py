@@ -183,7 +183,8 @@ def _attach_changes(engine: Engine, run: AgentRun, conversation: Conversation, w
     if workspace is None or not (workspace / ".git").is_dir():
         return 0
     try:
-        changes = workspaces.commit_run(workspace, run.id, run.prompt)
+        changes = workspaces.commit_run(workspace, run.id, run.prompt,
+                                        max_file_bytes=engine.manifest.resources.max_file_mb * 2**20)
     except UserFacingError as exc:
         log.warning("run %s: %s", run.id, exc)
         return 0

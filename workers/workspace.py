@@ -57,12 +57,12 @@ class UnsafeFile(Exception):
     """A workspace path that must not be read; the message says why."""
 
 
-def read_regular_file(workspace: Path, relative: str) -> bytes:
+def read_regular_file(workspace: Path, relative: str, max_bytes: int | None = None) -> bytes:
     """Return the bytes of a regular file inside the workspace, never following a symlink.
 
     The agent controls the workspace: a symlink (`passwd-link -> /etc/passwd`), a path through
     a symlinked folder, `..`, a FIFO or a device would otherwise hand the host's files to the
-    thread.
+    thread; a file of gigabytes would fill the worker's memory (refused past `max_bytes`).
     """
     parts = Path(relative).parts
     if not parts or Path(relative).is_absolute() or ".." in parts:
@@ -85,7 +85,13 @@ def read_regular_file(workspace: Path, relative: str) -> bytes:
             mode = os.fstat(file.fileno()).st_mode
             if not stat.S_ISREG(mode):
                 raise UnsafeFile("not a regular file")
-            return file.read()
+            if max_bytes is None:
+                return file.read()
+            data = file.read(max_bytes + 1)  # the file may still be growing
+            if len(data) > max_bytes:
+                size = max(os.fstat(file.fileno()).st_size, len(data))
+                raise UnsafeFile(f"too large ({size / 2**20:,.1f} MiB; the limit is {max_bytes / 2**20:,.0f} MiB)")
+            return data
     finally:
         for fd in fds:
             os.close(fd)
@@ -114,11 +120,12 @@ def prepare(workspace: Path, source_repo: str | None) -> None:
     git(workspace, "commit", "--quiet", "--allow-empty", "-m", "Workspace created by Threadwork")
 
 
-def commit_run(workspace: Path, run_id: int, prompt: str) -> RunChanges:
+def commit_run(workspace: Path, run_id: int, prompt: str, max_file_bytes: int | None = None) -> RunChanges:
     """Commit what the run changed; return the files it added or modified (not deleted).
 
-    Only regular files are read; a symlink or anything else that is not a plain file inside
-    the workspace is refused with the reason.
+    Only regular files are read; a symlink, anything else that is not a plain file inside the
+    workspace, or a file over `max_file_bytes` is refused with the reason. Files that large
+    count as binary in the run's diff, so the diff never holds their text.
     """
     git(workspace, "add", "--all")
     status = git(workspace, "diff", "--cached", "--name-status", "--no-renames", "-z")
@@ -126,13 +133,14 @@ def commit_run(workspace: Path, run_id: int, prompt: str) -> RunChanges:
         return RunChanges()
     summary = " ".join(prompt.split())[:60]
     git(workspace, "commit", "--quiet", "-m", f"Run {run_id}: {summary}")
-    changes = RunChanges(diff=git(workspace, "show", "--format=", "--patch", "--no-color", "HEAD"))
+    big = ("-c", f"core.bigFileThreshold={max_file_bytes}") if max_file_bytes else ()
+    changes = RunChanges(diff=git(workspace, *big, "show", "--format=", "--patch", "--no-color", "HEAD"))
     fields = status.split("\0")
     for flag, path in zip(fields[0::2], fields[1::2], strict=False):
         if flag not in ("A", "M", "T"):
             continue
         try:
-            data = read_regular_file(workspace, path)
+            data = read_regular_file(workspace, path, max_file_bytes)
         except UnsafeFile as exc:
             changes.refused.append(RefusedFile(path, str(exc)))
             continue
