@@ -501,6 +501,12 @@ class FakeDiscordServer:
         self.dispatch("MESSAGE_REACTION_ADD", data)
         return data
 
+    def send_again(self, message: FakeMessage, times: int = 1) -> None:
+        """Dispatch a user's MESSAGE_CREATE again, as a gateway replaying events after a reconnect may."""
+        data = self._message_json(message, event=True)
+        for _ in range(times):
+            self.dispatch("MESSAGE_CREATE", data)
+
     def send_interaction_create(
         self,
         *,
