@@ -175,11 +175,12 @@ def rate_limited(platform: str, method: str) -> None:
 
 
 _IDS = re.compile(r"/\d+")
+_API_VERSION = re.compile(r"^/api/v\d+")
 
 
 def route_of(method: str, path: str) -> str:
     """Return an HTTP route with its numeric ids folded ("PATCH /channels/{id}/messages/{id}")."""
-    return f"{method} {_IDS.sub('/{id}', path)}"
+    return f"{method} {_IDS.sub('/{id}', _API_VERSION.sub('', path))}"
 
 
 def edit_done(seconds: float) -> None:

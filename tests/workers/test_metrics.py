@@ -44,6 +44,12 @@ def value(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
+def counted(port: int, name: str, **labels: str) -> dict:
+    """Return a scrape once it has the sample (an empty dict until then, to wait on)."""
+    samples = scrape(port)
+    return samples if value(samples, name, **labels) else {}
+
+
 @contextmanager
 def worker(settings, tmp_path: Path, name: str, **env: str) -> Iterator[tuple[int, Path]]:
     """Run `python -m bot worker` with a metrics port and JSON logs; yield the port and its log file."""
@@ -79,7 +85,7 @@ def test_status_metrics_and_logs_show_a_running_run_a_waiting_job_and_the_jobs_d
         tmp_path: Path, redis_url: str, make_engine: EngineBuilder) -> None:
     engine, _view = make_engine(manifest=TOY, REDIS_URL=redis_url)
     with worker(engine.settings, tmp_path, "metrics-worker") as (port, log_path):
-        before = scrape(port)
+        before = wait_until(lambda: counted(port, "threadwork_workers"), 30, "the worker to register with RQ")
         assert value(before, "threadwork_workers") == 1
         assert value(before, "threadwork_runs", state="running") == 0
         assert value(before, "threadwork_job_seconds_count", function="run_agent", outcome="ok") == 0
@@ -205,12 +211,9 @@ def test_bot_run_serves_events_acknowledgements_429s_edits_and_model_calls(
         _, question = mention(slack_server, "what does the nightly job do?")
         slack_server.wait_for(lambda: any("backs up the database" in m.text for m in replies(slack_server, question)))
 
-        def counted() -> dict:
-            samples = scrape(port)
-            return samples if value(samples, "threadwork_model_calls_total", purpose="answer", model="claude-sonnet-4-6",
-                                    outcome="ok") == 1 and value(samples, "threadwork_edit_seconds_count") else {}
-
-        after = wait_until(counted, 30, "the answer to be counted")
+        # The job's end is recorded last: its model call and edits are counted by then.
+        after = wait_until(lambda: counted(port, "threadwork_job_seconds_count", function="handle_message", outcome="ok"),
+                           30, "the answer's job to be counted")
     finally:
         process.terminate()
         _, stderr = process.communicate(timeout=20)
@@ -218,6 +221,8 @@ def test_bot_run_serves_events_acknowledgements_429s_edits_and_model_calls(
     assert value(after, "threadwork_events_received_total", platform="slack") == 2
     assert value(after, "threadwork_dispatch_seconds_count", platform="slack") == 2
     assert value(after, "threadwork_rate_limited_total", platform="slack", method="chat.update") == 1
+    assert value(after, "threadwork_model_calls_total", purpose="answer", model="claude-sonnet-4-6", outcome="ok") == 1
+    assert value(after, "threadwork_edit_seconds_count") >= 1  # the answer's edits (the 429'd one not counted)
     assert value(after, "threadwork_model_tokens_total", purpose="answer", model="claude-sonnet-4-6",
                   direction="input") == 42
     assert value(after, "threadwork_model_tokens_total", purpose="answer", model="claude-sonnet-4-6",
@@ -225,3 +230,29 @@ def test_bot_run_serves_events_acknowledgements_429s_edits_and_model_calls(
     assert value(after, "threadwork_job_seconds_count", function="handle_message", outcome="ok") == 1
     assert value(after, "threadwork_runs", state="running") == 0  # no Redis: no queue depth, runs still read
     assert ("threadwork_queue_depth", frozenset()) not in after
+
+
+def test_bot_run_on_discord_counts_a_429_by_route(tmp_path: Path) -> None:
+    from tests.fakes.discord_server import FakeDiscordServer
+    from tests.support.engines import bot_env
+
+    port = free_port()
+    with FakeDiscordServer() as server:
+        env = bot_env(tmp_path, DISCORD_TOKEN=server.token, BOT_METRICS_PORT=str(port), **server.env)
+        process = subprocess.Popen([sys.executable, "-m", "bot", "run"], env=env, cwd=REPO,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for_port(port)
+            server.wait_for(lambda: server._sessions, timeout=60)  # the gateway session is up
+            server.rate_limit("POST", r"/channels/\d+/messages$", times=1, retry_after=0.5)
+            request = server.send_message_create(server.channel_id, f"<@{server.bot_id}> hello")
+            server.wait_for(lambda: [m for m in server.messages_in(request.id) if m.author["id"] == server.bot_id],
+                            timeout=60)
+            after = wait_until(lambda: counted(port, "threadwork_rate_limited_total", platform="discord",
+                                               method="POST /channels/{id}/messages"), 30, "the 429 to be counted")
+        finally:
+            process.terminate()
+            _, stderr = process.communicate(timeout=20)
+    assert "Traceback" not in stderr
+    assert value(after, "threadwork_rate_limited_total", platform="discord", method="POST /channels/{id}/messages") == 1
+    assert value(after, "threadwork_events_received_total", platform="discord") == 1
