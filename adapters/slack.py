@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +31,14 @@ from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from adapters.slack_format import CANCEL_ACTION_ID, LIVE_VIEW_ACTION_ID, escape, fit, from_slack
+from adapters.slack_format import (
+    CANCEL_ACTION_ID,
+    CHOICE_ACTION_PREFIX,
+    LIVE_VIEW_ACTION_ID,
+    escape,
+    fit,
+    from_slack,
+)
 from adapters.slack_manifest import EVENTS_PATH
 from adapters.slack_port import (
     PLATFORM,
@@ -87,6 +95,7 @@ class SlackAdapter:
         for command in SLASH_COMMANDS:
             self.app.command(command)(self._on_command)
         self.app.action(CANCEL_ACTION_ID)(self._on_cancel)
+        self.app.action(re.compile(f"^{CHOICE_ACTION_PREFIX}"))(self._on_choice)
         self.app.action(LIVE_VIEW_ACTION_ID)(lambda ack: ack())  # a link button: the browser does the work
         self.handler: SocketModeHandler | None = None
         self.http_server: WSGIServer | None = None
@@ -198,6 +207,20 @@ class SlackAdapter:
             return
         user = body["user"]["id"]
         self._dispatch(Message(where=ThreadRef(PLATFORM, channel, thread), text=f"/cancel {run_id}", user_id=user,
+                               user_name=self._user_name(user), is_direct=channel.startswith("D")))
+
+    def _on_choice(self, ack: Any, body: dict[str, Any]) -> None:
+        """A button of a message with choices (Approve once / Always / Reject): the chat line it stands for."""
+        ack()
+        line = str(body["actions"][0].get("value", ""))
+        channel = (body.get("channel") or {}).get("id") or body["container"]["channel_id"]
+        message = body.get("message") or {}
+        thread = message.get("thread_ts") or message.get("ts") or body["container"].get("message_ts")
+        if not line.startswith("/") or not thread:
+            log.warning("choice click without a line or thread: %r", body.get("actions"))
+            return
+        user = body["user"]["id"]
+        self._dispatch(Message(where=ThreadRef(PLATFORM, channel, thread), text=line, user_id=user,
                                user_name=self._user_name(user), is_direct=channel.startswith("D")))
 
     # -- from Slack to the engine -----------------------------------------------------------------

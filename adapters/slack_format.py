@@ -11,12 +11,15 @@ from typing import Any
 
 from bot import constants
 from bot.progress import LIVE_VIEW_LABEL, STATE_ICONS, format_elapsed
-from bot.types import RunState, RunStatus
+from bot.types import Choice, RunState, RunStatus
 
 #: The Cancel button on a run's status message; its value is the run id.
 CANCEL_ACTION_ID = "threadwork_cancel"
 #: The "Open live view" link button; Slack still sends its click, which the adapter only acks.
 LIVE_VIEW_ACTION_ID = "threadwork_live_view"
+#: Buttons of a message with choices (an approval request): `threadwork_choice_<n>`, valued
+#: with the chat line a press stands for (`bot.types.Choice`).
+CHOICE_ACTION_PREFIX = "threadwork_choice_"
 #: A checklist line shows at most this much of a step's title, so twelve steps fit a section.
 CHECKLIST_LABEL_CHARS = 200
 #: The agent's latest words on the status message are cut here (as `render_status` does).
@@ -156,6 +159,20 @@ def status_blocks(status: RunStatus) -> list[dict[str, Any]]:
     if buttons:
         blocks.append({"type": "actions", "block_id": "status_actions", "elements": buttons})
     return blocks[: constants.SLACK_MAX_BLOCKS]
+
+
+def choice_blocks(text: str, choices: list[Choice]) -> list[dict[str, Any]]:
+    """Return a message with buttons as blocks: its text, then one button per choice."""
+    buttons = []
+    for number, choice in enumerate(choices):
+        button = {"type": "button", "action_id": f"{CHOICE_ACTION_PREFIX}{number}", "value": choice.line,
+                  "text": {"type": "plain_text", "text": choice.label}}
+        if choice.style in ("primary", "danger"):
+            button["style"] = choice.style
+        buttons.append(button)
+    return [{"type": "section", "block_id": "choice_text",
+             "text": _mrkdwn(fit(to_mrkdwn(text), constants.SLACK_SECTION_LIMIT))},
+            {"type": "actions", "block_id": "choice_actions", "elements": buttons}]
 
 
 def _cancel_button(run_id: int) -> dict[str, Any]:

@@ -17,12 +17,12 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web import SlackResponse
 
-from adapters.slack_format import fit, from_slack, status_blocks, to_mrkdwn
+from adapters.slack_format import choice_blocks, fit, from_slack, status_blocks, to_mrkdwn
 from bot import constants, metrics
 from bot.engine import Engine
 from bot.errors import HistoryRefused, RateLimited
 from bot.file_links import FileLinks
-from bot.types import Attachment, Reply, ThreadMessage, ThreadRef
+from bot.types import Attachment, Choice, Reply, ThreadMessage, ThreadRef
 
 __all__ = ["PLATFORM", "SlackPort", "api_url", "web_api_port", "web_client"]
 
@@ -95,6 +95,15 @@ class SlackPort:
         with rate_limits():
             response = self.client.chat_postMessage(channel=where.channel, thread_ts=where.thread or None,
                                                     unfurl_links=False, **_content(reply, constants.SLACK_TEXT_LIMIT))
+        return str(response["ts"])
+
+    def post_choices(self, where: ThreadRef, reply: Reply, choices: list[Choice]) -> str:
+        """Post the reply with a button per choice (Block Kit `actions`); a press is a block_actions payload."""
+        text = fit(to_mrkdwn(reply.text), constants.SLACK_TEXT_LIMIT)
+        with rate_limits():
+            response = self.client.chat_postMessage(channel=where.channel, thread_ts=where.thread or None,
+                                                    unfurl_links=False, text=text,
+                                                    blocks=choice_blocks(reply.text, choices))
         return str(response["ts"])
 
     def edit(self, where: ThreadRef, message_id: str, reply: Reply) -> None:

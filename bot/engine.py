@@ -17,22 +17,26 @@ from typing import Any, TypeVar
 
 import pluggy
 
-from bot import constants, logs, metrics
+from bot import constants, logs, metrics, runs
 from bot.config import Manifest, Settings, load_manifest
 from bot.context import ContextBuilder
 from bot.db import Database
 from bot.db.inbox import Inbox
-from bot.db.repositories import Conversations, Messages, ProcessedEvents
+from bot.db.repositories import Conversations, Messages, ProcessedEvents, Runs
 from bot.errors import ConfigError, DuplicateEvent, PermissionDenied, RateLimited, UserFacingError
 from bot.memory import within_budget
 from bot.plugins import make_plugin_manager
 from bot.queue import InProcessQueue, JobQueue, RedisQueue
 from bot.redaction import Redactor
-from bot.signals import RunSignals
+from bot.signals import STEER, RunSignals, Signal
 from bot.types import (
+    ANSWERED_ITSELF,
     Agent,
+    AgentRun,
     Attachment,
     ChatPort,
+    Choice,
+    ChoicePort,
     Command,
     CommandContext,
     Conversation,
@@ -42,6 +46,7 @@ from bot.types import (
     Reply,
     Route,
     RouteDecision,
+    RunState,
     ThreadRef,
 )
 
@@ -190,6 +195,10 @@ class Engine:
             return self._duplicate(message, conversation)
         decision = self.hook.route_message(message=message, conversation=conversation, engine=self)
         refusal = self.refusal(message, decision)
+        steered = self._run_to_steer(message, conversation, decision) if refusal is None else None
+        if steered is not None:
+            decision = RouteDecision(Route.AGENT, runs.STEER_STAGE, 1.0, f"steers running run {steered.id}",
+                                     text=decision.text)
         if refusal is not None:
             reply: Reply | None = self._redacted(refusal)
         else:
@@ -200,6 +209,10 @@ class Engine:
             return self._duplicate(message, conversation)
         if reply is not None:
             self._post_stored(conversation, reply, reply_id)
+            return Dispatched(message_id, conversation, decision)
+        if decision.route == Route.COMMAND:  # the command posted its answer itself
+            return Dispatched(message_id, conversation, decision)
+        if steered is not None and self._steer(message, conversation, decision, steered, message_id):
             return Dispatched(message_id, conversation, decision)
         job_id = f"message-{message_id}"
         self.queue.enqueue(
@@ -214,6 +227,51 @@ class Engine:
         if self.listening_workers() == 0:
             self.port_for(message.where.platform).post(message.where, Reply(NO_WORKER))
         return Dispatched(message_id, conversation, decision, job_id=job_id)
+
+    def _run_to_steer(self, message: Message, conversation: Conversation, decision: RouteDecision) -> AgentRun | None:
+        """Return the thread's running run if this message should steer it, else None.
+
+        A message that would start a run or get a chat answer steers the run in progress
+        instead (issue 14: steering is the default), when its speaker may start the agent
+        here. Commands stay commands; `/queue <task>` asks for the next run and `/ask` for a
+        chat answer, on purpose.
+        """
+        if decision.route == Route.COMMAND or decision.stage == runs.QUEUE_STAGE:
+            return None
+        if decision.route == Route.DIRECT and not decision.tentative and decision.stage == "explicit":
+            return None
+        if not self.manifest.allows("agent", message.user_id, message.where):
+            return None
+        with self.db.reading() as session:
+            active = Runs(session).active(conversation.id)
+        return next((run for run in active if run.state == RunState.RUNNING), None)
+
+    def _steer(self, message: Message, conversation: Conversation, decision: RouteDecision, run: AgentRun,
+               message_id: int) -> bool:
+        """Hand the message to the running run; return False when its agent cannot take it (it is queued)."""
+        text = decision.text if decision.text is not None else message.text
+        agent = self.agents.get(run.agent)
+        if getattr(agent, "steerable", False):
+            who = message.user_name or message.user_id
+            self.signals.send(run.id, Signal(STEER, who=who, text=text, data={"message_id": message_id}))
+            return True
+        self.port_for(message.where.platform).post(message.where, self._redacted(
+            runs.CANNOT_STEER.format(run=run.id, agent=run.agent)))
+        return False
+
+    def say_choices(self, conversation: Conversation, reply: Reply | str, choices: list[Choice], *,
+                    typed_hint: str = "") -> str:
+        """Post a reply with buttons (where the platform has them, else `typed_hint` after it); return its id."""
+        reply = self._redacted(reply)
+        port = self.port_for(conversation.where.platform)
+        if isinstance(port, ChoicePort):
+            message_id = patiently(lambda: port.post_choices(conversation.where, reply, choices))
+        else:
+            reply = Reply(f"{reply.text}\n{typed_hint}".strip())
+            message_id = patiently(lambda: port.post(conversation.where, reply))
+        with self.inbox.transaction() as cursor:
+            self.inbox.add_message(cursor, conversation.id, "assistant", reply.text, external_id=message_id)
+        return message_id
 
     def persist_and_route(self, message: Message) -> Dispatched:
         """Route the message cheaply and store it with its decision; act on nothing."""
@@ -265,7 +323,7 @@ class Engine:
             return NOT_ALLOWED_ASK
         return None
 
-    def _run_command(self, message: Message, conversation: Conversation, decision: RouteDecision) -> Reply:
+    def _run_command(self, message: Message, conversation: Conversation, decision: RouteDecision) -> Reply | None:
         command = self.commands.get(decision.command or "")
         if command is None:
             return Reply(f"I don't know the command `{decision.command}`. Type `help` for the list.")
@@ -279,6 +337,8 @@ class Engine:
         except Exception:  # boundary: one incoming message
             log.exception("command %s failed", command.name)
             result = f"Sorry, `{command.name}` failed unexpectedly; the error is in the bot's log."
+        if result is ANSWERED_ITSELF:
+            return None
         if isinstance(result, Reply):
             return self._redacted(result)
         return self._redacted(result or f"Done: `{command.name}`.")

@@ -30,6 +30,7 @@ DEFAULT_PLUGINS = (
     "plugins.resources",
     "plugins.forks",
     "plugins.runs",
+    "plugins.approvals",
     "plugins.agents.opencode",
     "plugins.agents.codex",
     "plugins.smalltalk",

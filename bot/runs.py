@@ -25,7 +25,7 @@ from bot import constants, web_links
 from bot.db.repositories import Conversations, Messages, Runs
 from bot.errors import UserFacingError
 from bot.progress import render_status
-from bot.signals import Signal
+from bot.signals import CANCEL, Signal
 from bot.types import (
     AgentRun,
     Conversation,
@@ -46,6 +46,17 @@ if TYPE_CHECKING:
 RUN_JOB = "workers.agent_run.run_agent"
 #: The STEP event an agent sends when a tool starts (its text is the checklist label).
 RUNNING_STEP = "tool-running"
+#: The STEP event an agent sends when it handed a steering message to the running agent.
+STEER_STEP = "steer"
+#: The routing stage of a message that steers the thread's running run (dispatch records it).
+STEER_STAGE = "steer"
+#: The routing stage of `/queue <task>`: a new run after the current one, never a steer.
+QUEUE_STAGE = "queue"
+#: What a thread is told when its running run's agent cannot take messages mid-run.
+CANNOT_STEER = ("Run {run} cannot take messages while it runs (`{agent}` steers only with agent.mode: warm), "
+                "so this becomes the next run in this thread. `/stop` ends the current one.")
+#: The steps that wait for a person (`bot.approvals`): shown open until answered.
+APPROVAL_ASKED, APPROVAL_ANSWERED = "approval-asked", "approval-answered"
 #: States a run can still leave.
 ACTIVE = (RunState.QUEUED, RunState.RUNNING)
 #: `/agent --with NAME <task>` (or `!agent ...`): the agent picked for one run (agent.choosable).
@@ -180,7 +191,7 @@ def finish_run(engine: Engine, run_id: int, state: RunState, *, error: str = "",
     return True
 
 
-def cancel(engine: Engine, run: AgentRun, who: str) -> RunState | None:
+def cancel(engine: Engine, run: AgentRun, who: str, *, notice_id: str = "") -> RunState | None:
     """Cancel a run for `who`; return the state it was stopped in, or None if it had ended.
 
     A queued run is cancelled at once and its status says so. A running one is marked
@@ -196,7 +207,8 @@ def cancel(engine: Engine, run: AgentRun, who: str) -> RunState | None:
         if runs.get(run.id).state != RunState.RUNNING:
             return None
         runs.set(run.id, cancelled_by=who)
-    engine.signals.send(run.id, Signal.cancel(who))
+    # The job edits the notice ("Stopping run N…") to how the run ended.
+    engine.signals.send(run.id, Signal(CANCEL, who=who, data={"notice_id": notice_id} if notice_id else {}))
     return RunState.RUNNING
 
 
@@ -218,8 +230,14 @@ def fold_event(status: RunStatus, event: RunEvent) -> None:
     A step in progress (`RUNNING_STEP`, from agents that report tools as they start) shows as an
     open line until its outcome replaces it.
     """
-    if event.kind == EventKind.STEP and event.name == RUNNING_STEP:
+    if event.kind == EventKind.STEP and event.name in (RUNNING_STEP, APPROVAL_ASKED):
         _add_step(status, (event.text, None))
+    elif event.kind == EventKind.STEP and event.name == STEER_STEP:
+        _add_step(status, (f"↪ steering: {' '.join(event.text.split())}", True))
+    elif event.kind == EventKind.STEP and event.name == APPROVAL_ANSWERED:
+        if (event.text, None) in status.checklist:
+            status.checklist.remove((event.text, None))
+        _add_step(status, (f"{event.text} ({event.status})", event.status != "reject"))
     elif event.kind == EventKind.TOOL:
         if (event.text, None) in status.checklist:
             status.checklist.remove((event.text, None))

@@ -78,11 +78,14 @@ class RunInbox:
 
     def __init__(self) -> None:
         self.cancel = threading.Event()
+        #: The cancel signal that set `cancel` (who, and the notice to edit), once one came.
+        self.cancel_signal: Signal | None = None
         self._signals: queue.Queue[Signal] = queue.Queue()
 
     def deliver(self, signal: Signal) -> None:
         """Take one signal: a cancel sets `cancel` (and wakes `next`), any other waits in order."""
         if signal.kind == CANCEL:
+            self.cancel_signal = self.cancel_signal or signal
             self.cancel.set()
         self._signals.put(signal)
 

@@ -382,6 +382,9 @@ class CommandContext:
 
 
 CommandHandler = Callable[[CommandContext], "str | Reply | None"]
+#: What a command handler returns when it posted its answer itself (`engine.say`, to keep the
+#: message's id, e.g. a notice a worker edits later): dispatch then posts nothing more.
+ANSWERED_ITSELF = Reply("")
 
 
 @dataclass(frozen=True)

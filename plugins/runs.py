@@ -1,6 +1,8 @@
-"""`/cancel`: stop the thread's agent run (or a named one), within seconds, saying who did.
+"""`/cancel` (or `/stop`): stop the thread's agent run (or a named one), within seconds, saying who did.
 
 The command only picks the run and words the answer; `bot.runs.cancel` changes its state.
+For a running run it posts "Stopping run N…" itself and hands the notice's id to the run's
+job, which edits it to the outcome once the agent has stopped.
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ from bot.config import BudgetSection
 from bot.db.repositories import Runs
 from bot.errors import CommandError, PermissionDenied
 from bot.hookspecs import hookimpl
-from bot.types import AgentRun, Command, CommandContext, RunState, Spend
+from bot.types import ANSWERED_ITSELF, AgentRun, Command, CommandContext, Reply, RunState, Spend
+
+#: The notice a running run's `/cancel` posts; the run's job edits it to the outcome.
+STOPPING = "Stopping run {run}…"
 
 
-def cancel(context: CommandContext) -> str:
+def cancel(context: CommandContext) -> str | Reply:
     """Cancel a queued run at once; ask the worker of a running one to stop it."""
     engine, who = context.engine, context.message.user_name or context.message.user_id
     speaker = context.message.user_id
@@ -24,14 +29,29 @@ def cancel(context: CommandContext) -> str:
     if not own and not engine.manifest.allows("cancel", speaker, context.message.where):
         raise PermissionDenied(f"Run {run.id} is {run.requested_by or 'someone else'}'s: only they, or someone "
                                "with the cancel permission, may cancel it.")
-    stopped = run_lifecycle.cancel(engine, run, who)
-    if stopped == RunState.QUEUED:
-        return f"Cancelled run {run.id} before it started."
-    if stopped == RunState.RUNNING:
-        return f"Stopping run {run.id}…"
+    if run.state == RunState.QUEUED:
+        stopped = run_lifecycle.cancel(engine, run, who)
+        if stopped == RunState.QUEUED:
+            return f"Cancelled run {run.id} before it started."
+        notice_id = ""
+    else:
+        notice_id = engine.say(context.conversation, STOPPING.format(run=run.id))
+        stopped = run_lifecycle.cancel(engine, run, who, notice_id=notice_id)
+        if stopped == RunState.RUNNING:
+            return ANSWERED_ITSELF
     with engine.db.reading() as session:
         state = Runs(session).get(run.id).state
-    return f"Run {run.id} has already ended ({state.value})."
+    ended = f"Run {run.id} has already ended ({state.value})."
+    if notice_id:
+        engine.edit(context.conversation, notice_id, ended, final=True)
+        return ANSWERED_ITSELF
+    return ended
+
+
+def queue_usage(context: CommandContext) -> str:
+    """Say how to use `/queue`, which came without a task (with one it is a route, not this)."""
+    return ("Usage: `/queue <task>`: the agent takes the task as a new run after the thread's current one. "
+            "A plain message while a run is going on steers that run instead.")
 
 
 def usage(context: CommandContext) -> str:
@@ -81,4 +101,7 @@ def _target(runs: Runs, context: CommandContext) -> AgentRun:
 @hookimpl
 def register_commands() -> list[Command]:
     return [Command("cancel", "stop this thread's agent run (or run N)", cancel, usage="/cancel [run]"),
+            Command("stop", "stop this thread's agent run (or run N), like /cancel", cancel, usage="/stop [run]"),
+            Command("queue", "give the agent a task as a new run after the current one (a plain message "
+                    "steers the running run)", queue_usage, usage="/queue <task>"),
             Command("usage", "today's agent spend: yours and this channel's (admins: all)", usage, usage="/usage")]

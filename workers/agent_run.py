@@ -19,13 +19,15 @@ from pathlib import Path
 
 from bot import constants, logs, metrics, runs
 from bot import engine as engine_module
+from bot.approvals import ApprovalMessages
 from bot.db.repositories import Conversations, Runs
-from bot.engine import Engine
+from bot.engine import HANDLE_MESSAGE_JOB, Engine
 from bot.errors import UserFacingError
 from bot.platforms import never_passed_to_agent
 from bot.progress import LiveMessage, render_status
 from bot.run_events import RunBroadcast, feed_for
 from bot.runs import start_run
+from bot.signals import STEER, RunInbox, Signal
 from bot.types import (
     AgentOutcome,
     AgentRun,
@@ -34,9 +36,11 @@ from bot.types import (
     EventKind,
     Message,
     Reply,
+    Route,
     RunEvent,
     RunState,
     RunStatus,
+    SteerableAgent,
     utcnow,
 )
 from workers import capture
@@ -79,7 +83,7 @@ def _execute(engine: Engine, run_id: int) -> None:
         request_message_id = run.request_message_id
     logs.bind(conversation_id=conversation.id)
     live = LiveMessage.in_thread(engine, conversation, message_id=run.status_message_id)
-    progress = _Progress(engine, run, live)
+    progress = _Progress(engine, run, live, conversation)
     progress.show()
     heartbeat = threading.Thread(target=contextvars.copy_context().run, args=(progress.beat,),
                                  name=f"run-{run_id}-heartbeat", daemon=True)
@@ -95,6 +99,21 @@ def _execute(engine: Engine, run_id: int) -> None:
         progress.stop()
         heartbeat.join()
     _conclude(engine, run, conversation, outcome, progress, request_message_id)
+    _close_notices(engine, run, conversation, outcome, progress)
+
+
+def _close_notices(engine: Engine, run: AgentRun, conversation: Conversation, outcome: AgentOutcome,
+                   progress: _Progress) -> None:
+    """Edit the messages that wait on the run to its outcome: open approval requests, the stop notice."""
+    state = runs.status_of(engine, run.id).state
+    progress.approvals.close(f"run {run.id} {state.value}")
+    cancel = progress.inbox.cancel_signal if progress.inbox is not None else None
+    notice_id = cancel.data.get("notice_id") if cancel is not None else None
+    if notice_id:
+        who = runs.cancelled_by(engine, run.id) or cancel.who or "someone"
+        text = (f"⏹️ Stopped run {run.id} (cancelled by {who})." if state == RunState.CANCELLED
+                else f"Run {run.id} ended before it could be stopped ({state.value}).")
+        engine.edit(conversation, str(notice_id), text, final=True)
 
 
 def _run_agent(engine: Engine, run: AgentRun, conversation: Conversation, progress: _Progress) -> AgentOutcome:
@@ -124,11 +143,36 @@ def _run_agent(engine: Engine, run: AgentRun, conversation: Conversation, progre
         allow_webfetch=agent_settings.allow_webfetch,
         env=_passed_env(agent_settings.pass_env, engine.settings.env),
         fork_session=fork_session,
+        ask=agent_settings.ask_rules(),
+        approval_timeout_s=agent_settings.approval_timeout_seconds,
     )
     with engine.signals.listen(run.id) as inbox:
+        progress.inbox = inbox
         if runs.cancel_requested(engine, run.id):
             inbox.cancel.set()
-        return agent.run(task, progress.on_event, inbox.cancel)
+        if isinstance(agent, SteerableAgent) and agent.steerable:
+            outcome = agent.run_with_inbox(task, progress.on_event, inbox)
+        else:
+            outcome = agent.run(task, progress.on_event, inbox.cancel)
+        _queue_unsteered(engine, run, conversation, inbox.pending())
+        return outcome
+
+
+def _queue_unsteered(engine: Engine, run: AgentRun, conversation: Conversation, left: list[Signal]) -> None:
+    """Queue each steering message the run did not hand to its agent as a new run, and say so."""
+    for signal in left:
+        message_id = signal.data.get("message_id") if signal.kind == STEER else None
+        if not message_id:
+            continue
+        engine.say(conversation, f"Run {run.id} could not take that message ({_short(signal.text)}); it becomes "
+                   "the next run in this thread.", reply_to=message_id)
+        engine.queue.enqueue(HANDLE_MESSAGE_JOB, message_id, Route.AGENT.value, signal.text, False,
+                             job_id=f"message-{message_id}-unsteered", timeout=engine.agent_job_timeout)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    text = " ".join(text.split())
+    return f"“{text}”" if len(text) <= limit else f"“{text[: limit - 1]}…”"
 
 
 def _requester(engine: Engine, run: AgentRun) -> str:
@@ -211,7 +255,7 @@ def _attach_log(engine: Engine, run: AgentRun, conversation: Conversation, outco
 class _Progress:
     """A run's status as events arrive: redacted, stored, reported to plugins, shown by edits."""
 
-    def __init__(self, engine: Engine, run: AgentRun, live: LiveMessage) -> None:
+    def __init__(self, engine: Engine, run: AgentRun, live: LiveMessage, conversation: Conversation) -> None:
         self.engine = engine
         self.run = run
         self.live = live
@@ -222,6 +266,10 @@ class _Progress:
         self.workspace: Path | None = None
         #: The run's live views (the web page) see what the status message sees.
         self.broadcast = RunBroadcast(feed_for(engine.settings), run.id)
+        #: Approval requests the agent asked, as messages in the thread.
+        self.approvals = ApprovalMessages(engine, conversation)
+        #: What reaches the running run from outside (set while the agent runs).
+        self.inbox: RunInbox | None = None
         self._stopped = threading.Event()
         self._lock = threading.Lock()
 
@@ -238,6 +286,7 @@ class _Progress:
             Runs(session).add_event(self.run.id, seq, event)
         self.broadcast.event(seq, event)
         self.engine.hook.report_progress(run=self.run, event=event, engine=self.engine)
+        self.approvals.observe(event)
         self.show()
 
     def snapshot(self) -> RunStatus:

@@ -22,6 +22,7 @@ from bot.config import Manifest, Settings, resolve_agent_binary
 from bot.errors import UserFacingError
 from bot.hookspecs import hookimpl
 from bot.platforms import never_passed_to_agent
+from bot.signals import RunInbox
 from bot.types import Agent, AgentOutcome, AgentTask, EngineAPI, HealthCheck, RunEvent
 from plugins.agents.cli_runner import CliInvocation, run_cli
 from plugins.agents.opencode_events import parse_line
@@ -121,7 +122,17 @@ class ConfiguredOpencode:
         #: The worker process's pid (a forked RQ work-horse keeps it): it names the server's state.
         self._owner_pid = os.getpid()
 
-    def run(self, task: AgentTask, on_event: Callable[[RunEvent], None], cancel: threading.Event) -> AgentOutcome:
+    @property
+    def steerable(self) -> bool:
+        """Return True when runs take messages mid-run: only on the warm server (`bot.types.SteerableAgent`)."""
+        return self.manifest.agent.mode == "warm"
+
+    def run_with_inbox(self, task: AgentTask, on_event: Callable[[RunEvent], None], inbox: RunInbox) -> AgentOutcome:
+        """Run the task like `run`, handing steering messages and approval answers to the warm session."""
+        return self.run(task, on_event, inbox.cancel, inbox)
+
+    def run(self, task: AgentTask, on_event: Callable[[RunEvent], None], cancel: threading.Event,
+            inbox: RunInbox | None = None) -> AgentOutcome:
         """Check the binary and the model, then run the task with opencode; return how it ended."""
         settings, manifest = self.settings, self.manifest
         binary = resolve_agent_binary(manifest, settings)
@@ -141,7 +152,7 @@ class ConfiguredOpencode:
         if manifest.agent.mode == "cold":
             return cold.run(task, on_event, cancel)
         server = server_for(self._server_spec(binary, task.allow_webfetch, task.env))
-        return WarmRun(server, cold, self._server_states()).run(task, on_event, cancel)
+        return WarmRun(server, cold, self._server_states()).run(task, on_event, cancel, inbox)
 
     def warm_up(self) -> str:
         """Start this worker's opencode server now (warm mode); return a line for the ready message."""
@@ -196,7 +207,15 @@ def check_health(manifest: Manifest, settings: Settings, offline: bool) -> list[
     in_use = {manifest.agent.name, *manifest.agent.choosable, *(c.agent for c in manifest.channels.values() if c.agent)}
     if NAME not in in_use:
         return []
-    return [_binary_check(manifest, settings), *_model_checks(manifest, settings, offline)]
+    return [_binary_check(manifest, settings), *_model_checks(manifest, settings, offline), *_ask_check(manifest)]
+
+
+def _ask_check(manifest: Manifest) -> list[HealthCheck]:
+    """Warn when agent.ask is set but runs cannot ask: `opencode run` rejects every `ask` rule by itself."""
+    if not manifest.agent.ask or manifest.agent.mode == "warm":
+        return []
+    return [HealthCheck("approvals", None, "agent.ask is set but agent.mode is cold: nobody is asked, and the rules "
+                        "are not applied", "set agent.mode: warm (approvals need the warm server)")]
 
 
 def _binary_check(manifest: Manifest, settings: Settings) -> HealthCheck:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bot.approvals import ApprovalRequest, asked_event
 from bot.runs import RUNNING_STEP
 from bot.types import EventKind, RunEvent
 from plugins.agents.cli_runner import json_object
@@ -78,10 +79,14 @@ class ServerEvents:
     a part is sent again each time it changes, so a tool is reported once as it starts (a STEP
     named `tool-running`, shown as the step in progress) and once when it ends (a TOOL with its
     outcome), and a text part once, when complete. Only parts of the assistant's messages
-    count: the user's prompt is a text part too.
+    count: the user's prompt is a text part too. A `permission.asked` (a tool call matching
+    an `ask` rule) becomes an approval request (`bot.approvals.ASKED`) with the command or
+    the pending edit's diff.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, approval_timeout_s: float = 0.0) -> None:
+        #: How long an approval request waits (shown in it; the run enforces it).
+        self.approval_timeout_s = approval_timeout_s
         self.assistant_messages: set[str] = set()
         self.user_messages: set[str] = set()
         self._reported: set[tuple[str, str]] = set()
@@ -108,7 +113,19 @@ class ServerEvents:
             return [to_event({"type": "error", "error": error})]
         if kind == "message.part.updated":
             return self._part(properties.get("part") or {})
+        if kind == "permission.asked" and properties.get("id") and self._first(str(properties["id"]), "asked"):
+            return [asked_event(self._request(properties))]
         return []
+
+    def _request(self, asked: dict[str, Any]) -> ApprovalRequest:
+        """Return the approval request a `permission.asked` event holds: the command, or the edit's diff."""
+        metadata = asked.get("metadata") or {}
+        tool = str(asked.get("permission", "tool"))
+        detail = str(metadata.get("command") or metadata.get("diff") or "")
+        target = str(metadata.get("filepath") or ", ".join(str(p) for p in asked.get("patterns") or []))
+        if metadata.get("filepath"):
+            target = Path(target).name
+        return ApprovalRequest(str(asked["id"]), tool, detail, target, self.approval_timeout_s)
 
     def _part(self, part: dict[str, Any]) -> list[RunEvent]:
         part_type, part_id = part.get("type", ""), str(part.get("id", ""))

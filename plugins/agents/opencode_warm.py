@@ -3,6 +3,10 @@
     session (continue it, or POST /session) ─► subscribe to its events ─► POST prompt_async
         ─► server events ─► ServerEvents ─► on_event ─► idle ─► reconcile from
            GET /session/:id/message (prompt_async answers 204 even on failure, #32010)
+    a steering message (inbox) ─► POST prompt_async on the busy session: opencode's loop reads
+        it as the next user message of its very next model request
+    a tool call matching agent.ask ─► permission.asked ─► an approval request (STEP) ─► the
+        answer (inbox) or agent.approval_timeout_seconds ─► POST /permission/:id/reply
     cancel or timeout ─► POST /session/:id/abort (its bash tools die with it)
     server unreachable, or gone mid-run ─► the cold path finishes the run
 
@@ -26,6 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2 as httpx
 
+from bot import approvals
+from bot.approvals import ApprovalRequest
+from bot.runs import STEER_STEP
+from bot.signals import APPROVAL, STEER, RunInbox, Signal
 from bot.types import AgentOutcome, AgentTask, EventKind, RunEvent
 from plugins.agents.opencode_events import ServerEvents
 from plugins.agents.opencode_server import SERVER_LOST, OpencodeServer, ServerUnavailable, directory_header
@@ -52,11 +60,16 @@ CONTINUE_PROMPT = ("The agent was restarted in the middle of the task above. Con
                    "(check the workspace first), then end with the summary asked for.")
 
 
-def session_rules(allow_webfetch: bool) -> list[dict[str, str]]:
-    """Return the per-session permission rules `opencode run` adds itself (the serve API does not)."""
+def session_rules(allow_webfetch: bool, ask: tuple[tuple[str, str], ...] = ()) -> list[dict[str, str]]:
+    """Return the per-session permission rules: those `opencode run` adds itself, then agent.ask's.
+
+    opencode takes the last matching rule, so the `ask` rules come last and win over the
+    config's `allow`.
+    """
     rules = [{"permission": name, "action": "deny", "pattern": "*"} for name in ("question", "plan_enter", "plan_exit")]
     if not allow_webfetch:
         rules.append({"permission": "webfetch", "action": "deny", "pattern": "*"})
+    rules += [{"permission": tool, "action": "ask", "pattern": pattern} for tool, pattern in ask]
     return rules
 
 
@@ -73,8 +86,13 @@ class WarmRun:
         #: $BOT_DATA_DIR/agent-state: where every worker's server keeps its sessions.
         self.states = states
 
-    def run(self, task: AgentTask, on_event: Callable[[RunEvent], None], cancel: threading.Event) -> AgentOutcome:
-        """Run the task on the warm server, or by the cold path when the server cannot; return how it ended."""
+    def run(self, task: AgentTask, on_event: Callable[[RunEvent], None], cancel: threading.Event,
+            inbox: RunInbox | None = None) -> AgentOutcome:
+        """Run the task on the warm server, or by the cold path when the server cannot; return how it ended.
+
+        With an `inbox`, steering messages and approval answers reach the running session;
+        those left when the run ends (the cold path cannot take them) stay in it.
+        """
         if task.fork_session:  # the parent's session was copied into the conversation's state by /fork
             return self.cold.run(task, on_event, cancel)
         try:
@@ -89,7 +107,7 @@ class WarmRun:
                 session_id = self._session(api, task)
                 if session_id is None:
                     return self._cold(task, on_event, cancel, "session not known to this worker's server")
-                return self._prompt(api, task, session_id, on_event, cancel, state)
+                return self._prompt(api, task, session_id, on_event, cancel, state, inbox)
         except (ServerLost, ServerUnavailable, httpx.TransportError) as exc:
             self.server.request_restart(f"a run lost it: {exc}")
             left = task.timeout_s - (time.monotonic() - started)
@@ -104,12 +122,13 @@ class WarmRun:
             answer = api.get(f"/session/{task.session_id}", headers=headers)
             return task.session_id if answer.status_code == 200 else None
         answer = api.post("/session", headers=headers,
-                          json={"title": f"Run {task.run_id}", "permission": session_rules(task.allow_webfetch)})
+                          json={"title": f"Run {task.run_id}",
+                                "permission": session_rules(task.allow_webfetch, task.ask)})
         answer.raise_for_status()
         return str(answer.json()["id"])
 
     def _prompt(self, api: httpx.Client, task: AgentTask, session_id: str, on_event: Callable[[RunEvent], None],
-                cancel: threading.Event, state: _RunState) -> AgentOutcome:
+                cancel: threading.Event, state: _RunState, inbox: RunInbox | None) -> AgentOutcome:
         headers = directory_header(task.workspace)
         before = len(self._messages(api, session_id, headers)) if task.session_id else 0
         subscription = self.server.subscribe(str(task.workspace), session_id)
@@ -122,16 +141,18 @@ class WarmRun:
             answer = api.post(f"/session/{session_id}/prompt_async", headers=headers, json=body)
             answer.raise_for_status()
             state.prompt_taken = True
-            return self._follow(api, task, session_id, subscription.events, on_event, cancel, before)
+            talk = _Talk(api, task, session_id, on_event, inbox)
+            return self._follow(api, task, session_id, subscription.events, on_event, cancel, before, talk)
         finally:
             self.server.unsubscribe(subscription)
             self.server.ledger.add(active=-1)
 
     def _follow(self, api: httpx.Client, task: AgentTask, session_id: str, events: queue.Queue[dict[str, Any]],
-                on_event: Callable[[RunEvent], None], cancel: threading.Event, before: int) -> AgentOutcome:
+                on_event: Callable[[RunEvent], None], cancel: threading.Event, before: int,
+                talk: _Talk) -> AgentOutcome:
         """Relay the session's events until it is idle with its answer complete; return how it ended."""
         headers = directory_header(task.workspace)
-        translator = ServerEvents()
+        translator = ServerEvents(approval_timeout_s=task.approval_timeout_s)
         deadline = time.monotonic() + task.timeout_s
         reason, aborted_at, last_event, unanswered = "", 0.0, time.monotonic(), 0
         errors: list[str] = []
@@ -142,6 +163,8 @@ class WarmRun:
                 reason, aborted_at = "timeout", self._abort(api, session_id, headers)
             if reason and time.monotonic() - aborted_at > ABORT_WAIT_S:
                 break
+            if not reason:
+                talk.take_signals()
             try:
                 payload = events.get(timeout=POLL_S)
             except queue.Empty:
@@ -166,6 +189,7 @@ class WarmRun:
                     if event.kind == EventKind.ERROR:
                         errors.append(event.text)
                     on_event(event)
+                    talk.saw(event)
             if translator.idle and (reason or self._ended(api, session_id, headers, before) is not None):
                 break
         messages = self._messages(api, session_id, headers)[before:]
@@ -214,6 +238,65 @@ class WarmRun:
             if holder is not None:  # a warm session: continue it where it lives
                 task = replace(task, state_dir=holder)
         return self.cold.run(task, on_event, cancel)
+
+
+class _Talk:
+    """What people say to one running session: steering messages and answers to its approval requests."""
+
+    def __init__(self, api: httpx.Client, task: AgentTask, session_id: str, on_event: Callable[[RunEvent], None],
+                 inbox: RunInbox | None) -> None:
+        self.api = api
+        self.task = task
+        self.session_id = session_id
+        self.on_event = on_event
+        self.inbox = inbox
+        self.headers = directory_header(task.workspace)
+        #: Requests asked and not answered yet, with when they were asked.
+        self.waiting: dict[str, tuple[ApprovalRequest, float]] = {}
+
+    def saw(self, event: RunEvent) -> None:
+        """Note an approval request the session just asked."""
+        if event.kind == EventKind.STEP and event.name == approvals.ASKED:
+            request = ApprovalRequest.from_event(event)
+            if request is not None:
+                self.waiting.setdefault(request.id, (request, time.monotonic()))
+
+    def take_signals(self) -> None:
+        """Hand over what came in since the last look, and reject requests nobody answered in time."""
+        for signal in self.inbox.pending() if self.inbox is not None else ():
+            if signal.kind == STEER and signal.text.strip():
+                self._steer(signal)
+            elif signal.kind == APPROVAL:
+                self._reply(signal.request_id, signal.reply, signal.who)
+        now = time.monotonic()
+        for request_id, (_, asked_at) in list(self.waiting.items()):
+            if now - asked_at >= self.task.approval_timeout_s:
+                self._reply(request_id, approvals.REJECT, "")
+
+    def _steer(self, signal: Signal) -> None:
+        # A prompt sent to a busy session becomes the next user message of its very next model
+        # request (measured on 1.18.33); the v2 `POST /api/session/:id/prompt {delivery: "steer"}`
+        # was admitted but never reached a session driven by prompt_async.
+        body: dict[str, Any] = {"parts": [{"type": "text", "text": signal.text}]}
+        answer = self.api.post(f"/session/{self.session_id}/prompt_async", headers=self.headers, json=body)
+        if answer.status_code >= 400:
+            log.warning("run %s: opencode refused a steering message: %s", self.task.run_id, answer.text)
+            self.on_event(RunEvent(EventKind.ERROR, name="steer", text="the agent did not take a steering message"))
+            return
+        self.on_event(RunEvent(EventKind.STEP, name=STEER_STEP, text=signal.text, status="sent",
+                               raw={"who": signal.who, "message_id": signal.data.get("message_id")}))
+
+    def _reply(self, request_id: str, reply: str, who: str) -> None:
+        waiting = self.waiting.pop(request_id, None)
+        if waiting is None:
+            log.info("run %s: an answer to %s, which is not waiting (answered or timed out)", self.task.run_id,
+                     request_id)
+            return
+        reply = reply if reply in approvals.REPLIES else approvals.REJECT
+        answer = self.api.post(f"/permission/{request_id}/reply", headers=self.headers, json={"reply": reply})
+        if answer.status_code >= 400:
+            log.warning("run %s: opencode refused the answer to %s: %s", self.task.run_id, request_id, answer.text)
+        self.on_event(approvals.answered_event(waiting[0], reply, who))
 
 
 class _RunState:

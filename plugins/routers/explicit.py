@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from bot.errors import UserFacingError
 from bot.hookspecs import hookimpl
-from bot.runs import AGENT_CHOICE, agent_for, requested_agent
+from bot.runs import AGENT_CHOICE, QUEUE_STAGE, agent_for, requested_agent
 from bot.types import Command, CommandContext, Conversation, EngineAPI, Message, Route, RouteDecision
 
-#: Overrides that force a route, with the rest of the line as the request.
-OVERRIDES = {"agent": Route.AGENT, "ask": Route.DIRECT}
+#: Overrides that force a route, with the rest of the line as the request. `/queue <task>` is
+#: an agent request that waits for the thread's running run instead of steering it.
+OVERRIDES = {"agent": Route.AGENT, "ask": Route.DIRECT, "queue": Route.AGENT}
 #: Prefixes that mark a command line ("!" is what Errbot and many team bots use).
 PREFIXES = ("/", "!")
 #: The command a refused `/agent --with NAME <task>` becomes, so the refusal is answered at once.
@@ -42,7 +43,8 @@ def route_message(message: Message, conversation: Conversation, engine: EngineAP
         if name in OVERRIDES:
             if not argument:
                 return RouteDecision(Route.COMMAND, "explicit", 1.0, f"/{name} without a request", command=name)
-            return RouteDecision(OVERRIDES[name], "explicit", 1.0, f"/{name} override", text=argument)
+            stage = QUEUE_STAGE if name == "queue" else "explicit"
+            return RouteDecision(OVERRIDES[name], stage, 1.0, f"/{name} override", text=argument)
         return RouteDecision(Route.COMMAND, "explicit", 1.0, f"/{name} command", command=name, argument=argument)
     # A bare command name on its own ("help", "history") is a command too; chat-line
     # commands (greetings) are left to the patterns stage.

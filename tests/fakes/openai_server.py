@@ -118,6 +118,9 @@ class Turn:
     error: str | None = None
     stream_error: str | None = None
     reasoning: str | None = None
+    #: ``(text, other_turn)``: answer with ``other_turn`` instead when the request's messages
+    #: contain ``text`` (a steering message reaching the model changes what it does next).
+    instead_if: tuple[str, "Turn"] | None = None
 
     # -- constructors --------------------------------------------------------------------
     @classmethod
@@ -438,6 +441,8 @@ class FakeOpenAIServer:
                 turn = self._turns[self._next]
                 self._next += 1
                 self._turn_cond.notify_all()
+                if turn.instead_if is not None and turn.instead_if[0] in json.dumps(body.get("messages")):
+                    turn = turn.instead_if[1]
                 return turn, True
             self.exhausted += 1
             return Turn.text(self.exhausted_text), True

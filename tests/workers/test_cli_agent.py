@@ -75,7 +75,9 @@ def test_a_toy_cli_agent_plugin_runs_to_done_and_a_second_run_is_cancelled(toy) 
     assert "⏳ **Agent run 2** · running" in "\n".join(view.texts(second))
     final = view.last(second)
     assert final.startswith("⏹️ **Agent run 2** · cancelled") and "Cancelled by bo." in final
-    assert any(view.last(m) == "Stopping run 2…" for m in view.order)
+    # The notice is edited to the outcome, not left under a status that says "cancelled".
+    (notice,) = [m for m in view.order if view.texts(m)[0] == "Stopping run 2…"]
+    assert view.last(notice) == "⏹️ Stopped run 2 (cancelled by bo)."
 
 
 def test_a_toy_run_past_its_timeout_fails_and_leaves_no_process(toy) -> None:

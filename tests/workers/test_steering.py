@@ -1,0 +1,77 @@
+"""Steering: a message in a thread whose run is still running goes to that run (real opencode, scripted model)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from bot.runs import CANNOT_STEER
+from bot.types import RunState
+from plugins.agents.opencode_server import stop_all
+from tests.fakes.openai_server import FakeOpenAIServer, Turn
+from tests.support.engines import EngineBuilder
+from tests.workers.agent_support import agent_settings, ask, processes_with, requires_opencode, wait_until
+from tests.workers.test_opencode_server import runs_of, warm_engine
+
+pytestmark = requires_opencode
+
+
+@pytest.fixture
+def model():
+    server = FakeOpenAIServer().start()
+    yield server
+    server.stop()
+    stop_all()
+
+
+def test_a_message_during_a_warm_run_steers_what_the_agent_does_next(tmp_path: Path, model,
+                                                                     make_engine: EngineBuilder) -> None:
+    marker = f"sleep 4{int(time.time()) % 10}"
+    model.script(
+        Turn.bash(marker, timeout_ms=600_000),
+        # Unsteered, the agent would stop here; with "use blue" in its next request it paints.
+        Turn(content="Finished without a colour.", instead_if=("use blue", Turn.bash("echo blue > colour.txt"))),
+        Turn.text("Painted it blue, as asked."),
+        Turn.text("Queued task done."),
+    )
+    engine, view = warm_engine(make_engine, agent_settings(tmp_path, model))
+    ask(engine, "/agent paint the fence")
+    wait_until(lambda: processes_with(marker, starting=True), 60, "the agent's sleep to start")
+    ask(engine, "actually, use blue please", user="U2", name="bo")
+    ask(engine, "/queue tidy up afterwards")
+    assert engine.queue.wait(timeout=120)
+
+    first, second = sorted(runs_of(engine), key=lambda run: run.id)
+    assert first.state == RunState.DONE and second.state == RunState.DONE  # the steer started no run
+    assert second.prompt == "tidy up afterwards"
+    workspace = tmp_path / "data" / "workspaces" / "1"
+    assert (workspace / "colour.txt").read_text() == "blue\n"
+    steered = json.dumps(model.scripted_requests[1]["messages"])
+    assert "actually, use blue please" in steered  # the very next model request had it
+    status = view.order[0]
+    assert any("↪ steering: actually, use blue please" in text for text in view.texts(status))
+    assert "↪ steering: actually, use blue please" in view.last(status)
+    answers = [view.last(m) for m in view.order]
+    assert "Painted it blue, as asked." in answers and "Queued task done." in answers
+    assert not any(CANNOT_STEER.split("{")[0] in text for text in answers)
+
+
+def test_in_cold_mode_a_message_during_a_run_is_queued_and_the_thread_is_told(tmp_path: Path, model,
+                                                                             make_engine: EngineBuilder) -> None:
+    marker = f"sleep 3{int(time.time()) % 10}"
+    model.script(Turn.bash(marker, timeout_ms=600_000), Turn.text("First done."), Turn.text("Second done."))
+    engine, view = make_engine(agent_settings(tmp_path, model))
+    assert engine.manifest.agent.mode == "cold"
+    ask(engine, "/agent wait a bit")
+    wait_until(lambda: processes_with(marker, starting=True), 60, "the agent's sleep to start")
+    ask(engine, "then write the docs")
+    notice = CANNOT_STEER.format(run=1, agent="opencode")
+    wait_until(lambda: any(view.last(m) == notice for m in view.order), 5, "the thread to be told")
+    assert engine.queue.wait(timeout=180)
+    runs = sorted(runs_of(engine), key=lambda run: run.id)
+    assert [run.state for run in runs] == [RunState.DONE, RunState.DONE]
+    assert runs[1].prompt == "then write the docs"
+    assert "Second done." in view.last(view.order[-1])
