@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 
 from bot import logs
 from bot.errors import UserFacingError
+from bot.types import as_utc, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -62,33 +63,41 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _Metrics:
-    """The metric objects, built once multiprocess mode is on (see `serve`)."""
+    """The metric objects, built once multiprocess mode is on (see `serve`).
+
+    None is registered in prometheus_client's global registry: the endpoint's registry reads
+    the processes' files instead (registering both would export every metric twice).
+    """
 
     def __init__(self) -> None:
         from prometheus_client import Counter, Histogram
 
+        own = {"registry": None}
         #: Messages handed to `Engine.dispatch`, by platform (duplicates included).
-        self.events_received = Counter("threadwork_events_received", "Messages handed to dispatch.", ["platform"])
+        self.events_received = Counter("threadwork_events_received", "Messages handed to dispatch.", ["platform"], **own)
         #: How long `dispatch` took: the part of a platform's 3-second acknowledgement the bot spends.
         self.dispatch_seconds = Histogram("threadwork_dispatch_seconds", "Dispatch duration (acknowledgement latency).",
-                                          ["platform"], buckets=FAST_BUCKETS)
+                                          ["platform"], buckets=FAST_BUCKETS, **own)
         #: How long one job ran, by job function and whether it raised.
         self.job_seconds = Histogram("threadwork_job_seconds", "Job duration, by job function.",
-                                     ["function", "outcome"], buckets=JOB_BUCKETS)
+                                     ["function", "outcome"], buckets=JOB_BUCKETS, **own)
         #: How long an RQ job waited in the queue before a worker started it.
         self.job_wait_seconds = Histogram("threadwork_job_wait_seconds", "Time from enqueued to started.",
-                                          ["function"], buckets=JOB_BUCKETS)
+                                          ["function"], buckets=JOB_BUCKETS, **own)
         #: 429 answers from a platform's API, by platform and method (Slack method, Discord route).
         self.rate_limited = Counter("threadwork_rate_limited", "429 responses, by platform and method.",
-                                    ["platform", "method"])
+                                    ["platform", "method"], **own)
         #: How long one edit of a live message (status, streamed answer) took, when it succeeded.
-        self.edit_seconds = Histogram("threadwork_edit_seconds", "Live message edit duration.", buckets=FAST_BUCKETS)
+        self.edit_seconds = Histogram("threadwork_edit_seconds", "Live message edit duration.", buckets=FAST_BUCKETS,
+                                      **own)
         #: Calls to the language model API, by purpose (answer, classify, summary), model and outcome.
-        self.model_calls = Counter("threadwork_model_calls", "Language model API calls.", ["purpose", "model", "outcome"])
+        self.model_calls = Counter("threadwork_model_calls", "Language model API calls.", ["purpose", "model", "outcome"],
+                                   **own)
         #: Tokens of those calls, by direction (input, output).
-        self.model_tokens = Counter("threadwork_model_tokens", "Language model tokens.", ["purpose", "model", "direction"])
+        self.model_tokens = Counter("threadwork_model_tokens", "Language model tokens.", ["purpose", "model", "direction"],
+                                    **own)
         #: Tokens agent runs reported, counted when a run finishes.
-        self.agent_tokens = Counter("threadwork_agent_tokens", "Agent run tokens.", ["agent", "direction"])
+        self.agent_tokens = Counter("threadwork_agent_tokens", "Agent run tokens.", ["agent", "direction"], **own)
 
 
 _metrics: _Metrics | None = None
@@ -134,7 +143,7 @@ def observed_job(func: F) -> F:
         if job is not None:
             logs.bind(job_id=job.id)
             if _metrics is not None and job.enqueued_at is not None:
-                waited = (_utc(job.started_at) if job.started_at else _now()) - _utc(job.enqueued_at)
+                waited = (as_utc(job.started_at) if job.started_at else utcnow()) - as_utc(job.enqueued_at)
                 _metrics.job_wait_seconds.labels(function=name).observe(max(0.0, waited.total_seconds()))
         started, outcome = time.perf_counter(), "error"
         try:
@@ -149,23 +158,10 @@ def observed_job(func: F) -> F:
 
 
 def _current_rq_job() -> Any:
-    try:
-        from rq import get_current_job
-    except ImportError:  # pragma: no cover - rq is a dependency
-        return None
+    """Return the RQ job this work-horse executes (None in the in-process queue's threads)."""
+    from rq import get_current_job  # here, not at import: the console bot never loads RQ
+
     return get_current_job()
-
-
-def _now() -> Any:
-    from bot.types import utcnow
-
-    return utcnow()
-
-
-def _utc(moment: Any) -> Any:
-    from bot.types import as_utc
-
-    return as_utc(moment)
 
 
 def rate_limited(platform: str, method: str) -> None:
