@@ -173,8 +173,8 @@ class SlackAdapter:
         try:
             if not self._first_delivery(body["event_id"]):
                 return
-            reaction = Reaction(PLATFORM, str(item["channel"]), str(item["ts"]), user, str(event.get("reaction", "")),
-                                user_name=self._user_name(user))
+            # No users.info here: every reaction in the bot's channels comes by, and few matter.
+            reaction = Reaction(PLATFORM, str(item["channel"]), str(item["ts"]), user, str(event.get("reaction", "")))
             self.engine.hook.reaction_added(reaction=reaction, engine=self.engine)
         except Exception:  # boundary: one incoming event
             log.exception("handling Slack reaction %s failed", body.get("event_id"))

@@ -156,7 +156,13 @@ class Conversations:
         )
 
     def claim_history(self, conversation_id: int) -> bool:
-        """Mark the thread's platform history as read; return False when it was marked already (one conditional UPDATE)."""
+        """Mark the thread's platform history as read; return False when it was marked already.
+
+        A read first, so the usual answer (read long ago) takes no write lock; then one conditional UPDATE.
+        """
+        fetched = self.s.scalar(select(ConversationRow.history_fetched_at).where(ConversationRow.id == conversation_id))
+        if fetched is not None:
+            return False
         return bool(self.s.execute(update(ConversationRow).where(
             ConversationRow.id == conversation_id, ConversationRow.history_fetched_at.is_(None))
             .values(history_fetched_at=utcnow())).rowcount)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import time
 
+from bot.types import ThreadRef
 from plugins.memory.proposals import detect
 from tests.fakes.anthropic_server import FakeAnthropicServer
 from tests.support.engines import EngineFactory, dispatch_and_wait
 
+NEW_THREAD = ThreadRef("test", "C1", "T2")
 OFFER = "Remember that we deploy with make ship? Reply `/keep` to keep it for this channel."
 
 
@@ -20,8 +22,8 @@ def last_post(port) -> str:
 
 
 def test_a_decision_is_offered_after_the_answer_and_kept_with_keep(
-        make_engine: EngineFactory, anthropic_server: FakeAnthropicServer) -> None:
-    engine, port = make_engine()
+        make_engine: EngineFactory, anthropic_server: FakeAnthropicServer, database_url: str) -> None:
+    engine, port = make_engine(env={"DATABASE_URL": database_url})
     dispatch_and_wait(engine, "/ask from now on we deploy with make ship. What does it run?")
     assert last_post(port) == OFFER
     dispatch_and_wait(engine, "/memories")
@@ -32,6 +34,8 @@ def test_a_decision_is_offered_after_the_answer_and_kept_with_keep(
         ": We deploy with make ship")
     dispatch_and_wait(engine, "/memories")
     assert "We deploy with make ship" in last_post(port)
+    dispatch_and_wait(engine, "/ask how do we deploy?", where=NEW_THREAD)
+    assert "We deploy with make ship" in anthropic_server.bodies[-1]["system"]
     dispatch_and_wait(engine, "/keep")
     assert last_post(port) == ("I have offered nothing to remember in this thread. "
                                "Keep a fact with `/remember <fact>`.")
