@@ -124,6 +124,8 @@ class AgentRunRow(Base):
     #: Refreshed by the worker while the run is alive; a stale one means the worker died.
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: 1 for the first try; 2 for the one retry of a run lost with its worker (`agent.retry_lost_runs`).
+    attempt: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
 
 class RunEventRow(Base):
@@ -267,6 +269,17 @@ class MemoryScopeRow(Base):
     key: Mapped[str] = mapped_column(String(40), primary_key=True)
     version: Mapped[str] = mapped_column(String(32))
     changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ChannelCursorRow(Base):
+    """The newest message the bot has seen in a channel (a Slack ts, a Discord message id): catch-up starts there."""
+
+    __tablename__ = "channel_cursors"
+
+    platform: Mapped[str] = mapped_column(String(32), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(128), primary_key=True)
+    last_seen: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class ProcessedEventRow(Base):
