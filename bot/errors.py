@@ -9,7 +9,8 @@
      │    ├── CommandError    a chat command was used wrongly
      │    └── ResourceGone    a stored file's bytes are no longer kept
      ├── DuplicateEvent       a platform delivered the same event again (not an error to show)
-     └── RateLimited          the platform asked us to wait `retry_after` seconds
+     ├── RateLimited          the platform asked us to wait `retry_after` seconds
+     └── HistoryRefused       the platform won't show a thread's earlier messages (scope, permission)
 """
 
 
@@ -58,4 +59,4 @@ class RateLimited(ThreadworkError):
 
 
 class HistoryRefused(ThreadworkError):
-    """The platform will not show a thread's earlier messages (a missing scope or permission): asking again won't help."""
+    """The platform will not show a thread's earlier messages (a missing scope or permission); asking again won't help."""
