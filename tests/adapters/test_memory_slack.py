@@ -183,6 +183,7 @@ def test_a_decision_is_proposed_and_kept_only_when_someone_allowed_reacts(
     asked = mention(slack_server, "/ask ok, we decided staging runs on Thursdays. What else goes in the checklist?")
     answer, proposal = bot_posts(slack_server, asked, 2)
     assert proposal.thread_ts == asked
+    assert slack_server.calls_to("conversations.replies") == []  # the mention started the thread: nothing before
     assert proposal.text == "Remember that staging runs on Thursdays? React ✅ to keep it for this channel."
     assert "Staging runs on Thursdays" not in memories_listing(slack_server)  # not kept yet
     other = mention(slack_server, "/ask when does staging run?")
