@@ -140,6 +140,8 @@ class AgentSection(_Section):
     pass_env: list[str] = Field(default_factory=list)
     #: A running run whose worker has not reported for this long is marked failed.
     stale_after_seconds: int = Field(default=constants.RUN_STALE_AFTER_S, ge=5)
+    #: A run lost with its worker is tried once more (its thread is told) instead of failing.
+    retry_lost_runs: bool = False
     #: opencode only: "warm" runs on one `opencode serve` per worker process (a follow-up's first
     #: event in ~0.2 s instead of ~4 s), "cold" starts `opencode run` per run. A warm run the
     #: server cannot take falls back to the cold path. Cold by default until warm has run in

@@ -150,6 +150,24 @@ def kick_next(engine: Engine, conversation_id: int, *, requeue: bool = False) ->
     engine.queue.enqueue(RUN_JOB, first.id, job_id=job_id, timeout=engine.agent_job_timeout)
 
 
+def retry_lost(engine: Engine, run: AgentRun, why: str) -> bool:
+    """Queue a run lost with its worker once more (its second attempt) and say so; False if it may not be.
+
+    It was its conversation's running run, so it is now the oldest queued one: next in line.
+    The job id names the attempt, so it is enqueued once however many reapers see the run.
+    """
+    with engine.db.session() as session:
+        if not Runs(session).requeue_lost(run.id):
+            return False
+        conversation = Conversations(session).get(run.conversation_id)
+    if run.status_message_id:
+        status = status_of(engine, run.id)
+        status.note = f"{why} Trying again (attempt 2)."
+        engine.edit(conversation, run.status_message_id, Reply(render_status(status), status=status, partial=True))
+    engine.queue.enqueue(RUN_JOB, run.id, job_id=f"run-{run.id}-attempt-2", timeout=engine.agent_job_timeout)
+    return True
+
+
 def refresh_queue(engine: Engine, conversation_id: int) -> None:
     """Edit the status of every queued run of the conversation to show its place in line."""
     with engine.db.reading() as session:

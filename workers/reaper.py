@@ -2,7 +2,8 @@
 
 A running run refreshes its heartbeat every few seconds (`workers.agent_run`). Every worker
 process (and the console bot) runs a reaper thread; a run whose heartbeat is older than
-`agent.stale_after_seconds` is marked failed and its status message says why. Runs left
+`agent.stale_after_seconds` is marked failed and its status message says why (with
+`agent.retry_lost_runs`, its first attempt is queued once more instead). Runs left
 queued with nothing running in their conversation (their job was lost with a worker) are
 enqueued again; the claim in `bot.runs` keeps that from starting anything twice. Every state
 change goes through `bot.runs`, as the job's and `/cancel`'s do.
@@ -17,7 +18,7 @@ from datetime import timedelta
 from bot import constants
 from bot.db.repositories import Runs
 from bot.engine import Engine
-from bot.runs import finish_run, kick_next
+from bot.runs import finish_run, kick_next, retry_lost
 from bot.types import RunState, as_utc, utcnow
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,13 @@ def reap(engine: Engine) -> list[int]:
         waiting = {run.conversation_id for run in runs.in_state(RunState.QUEUED)
                    if run.created_at and as_utc(run.created_at) < cutoff}
     failed = []
+    retry = engine.manifest.agent.retry_lost_runs
     for run in stale:
-        note = f"Failed: the worker running it stopped (no sign of life for {stale_after} s)."
-        if finish_run(engine, run.id, RunState.FAILED, error="worker stopped", note=note):
+        why = f"The worker running it stopped (no sign of life for {stale_after} s)."
+        if retry and retry_lost(engine, run, why):
+            log.warning("run %s: its worker stopped; queued for its second attempt", run.id)
+            continue
+        if finish_run(engine, run.id, RunState.FAILED, error="worker stopped", note=f"Failed: {why[0].lower()}{why[1:]}"):
             failed.append(run.id)
             log.warning("run %s: its worker stopped; marked failed", run.id)
     for run in stale:

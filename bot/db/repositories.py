@@ -424,6 +424,18 @@ class Runs:
         )
         return [_run(row) for row in rows]
 
+    def requeue_lost(self, run_id: int) -> bool:
+        """Put a running run back in the queue as its second attempt; False if it is not running or was retried.
+
+        One conditional UPDATE, so two reapers cannot both retry it.
+        """
+        result = self.s.execute(
+            update(AgentRunRow)
+            .where(AgentRunRow.id == run_id, AgentRunRow.state == RunState.RUNNING.value, AgentRunRow.attempt == 1)
+            .values(state=RunState.QUEUED.value, attempt=2, worker="", started_at=None, heartbeat_at=None)
+        )
+        return result.rowcount == 1
+
     def stale(self, heartbeat_before: datetime) -> list[AgentRun]:
         """Return running runs whose worker has not reported since `heartbeat_before`."""
         rows = self.s.scalars(

@@ -1,0 +1,74 @@
+"""Durable work: a run lost with its worker is tried once more when `agent.retry_lost_runs` is on.
+
+A real `python -m bot worker` on a real Redis runs the real opencode; the test SIGKILLs the
+work-horse and its worker in the middle of the run. A second worker's reaper notices the run's
+heartbeat stopped, puts the run back in the queue as its second attempt, says so in the status
+message, and runs it to the end. (Without the setting the run is failed and the thread told:
+tests/workers/test_agent_runs_redis.py, test_a_killed_worker_leaves_no_run_shown_as_running.)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import yaml
+from sqlalchemy import text
+
+from bot.db.repositories import Runs
+from bot.types import Message, RunState, ThreadRef
+from tests.adapters.test_slack import CHANNEL
+from tests.fakes.openai_server import Turn
+from tests.fakes.slack_server import FakeSlackServer
+from tests.support.engines import EngineBuilder
+from tests.workers.agent_support import agent_settings, processes_with, requires_opencode, wait_until
+from tests.workers.test_agent_runs_redis import model, start_worker, stop  # noqa: F401 (a fixture)
+
+pytestmark = requires_opencode
+
+
+def test_a_run_lost_with_its_worker_is_retried_once_and_finishes(tmp_path: Path, model,  # noqa: F811
+                                                                 redis_url: str, make_engine: EngineBuilder) -> None:
+    marker = "sleep 296"
+    model.script(Turn.bash(marker, timeout_ms=600_000), Turn.text("Done on the second attempt."))
+    slack = FakeSlackServer().start()
+    settings = agent_settings(tmp_path, model, REDIS_URL=redis_url, SLACK_BOT_TOKEN=slack.bot_token,
+                              SLACK_API_URL=slack.api_url.rstrip("/"))
+    manifest = Path(settings.manifest_path)
+    data = yaml.safe_load(manifest.read_text())
+    data["agent"].update(stale_after_seconds=5, retry_lost_runs=True, mode="cold")
+    manifest.write_text(yaml.safe_dump(data))
+    doomed = start_worker(settings, "doomed-worker")
+    engine, _ = make_engine(settings)
+    rescuer = None
+    try:
+        where = ThreadRef("slack", CHANNEL, "1700000000.000100")
+        engine.dispatch(Message(where=where, text=f"/agent run {marker}", user_id="U1", user_name="ana"))
+        wait_until(lambda: processes_with(marker, starting=True), 90, "the agent's sleep to start in the worker")
+        with engine.db.reading() as session:
+            horse = int(Runs(session).get(1).worker.rsplit(":", 1)[1])
+        os.kill(horse, signal.SIGKILL)
+        os.killpg(doomed.pid, signal.SIGKILL)
+        doomed.wait(10)
+        wait_until(lambda: not processes_with(marker), 10, "every process of the run to die with its worker")
+        rescuer = start_worker(settings, "rescuer-worker")
+
+        def run() -> tuple[str, int]:
+            with engine.db.reading() as session:
+                return tuple(session.execute(text("select state, attempt from agent_runs where id = 1")).one())
+
+        wait_until(lambda: run()[0] == RunState.DONE, 120, "the second attempt to finish")
+        answers = wait_until(lambda: [m for m in slack.messages_in_thread(CHANNEL, where.thread)
+                                      if m.text == "Done on the second attempt."], 30, "the answer in the thread")
+    finally:
+        stop(doomed)
+        if rescuer:
+            stop(rescuer)
+        slack.stop()
+    assert run() == (RunState.DONE.value, 2)
+    assert len(answers) == 1
+    (status,) = [m for m in slack.messages_in_thread(CHANNEL, where.thread) if m.blocks]
+    notes = [version.text for version in status.versions]
+    assert any("The worker running it stopped" in note and "Trying again (attempt 2)" in note for note in notes)
+    assert "done" in notes[-1]
