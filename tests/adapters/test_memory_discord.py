@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -74,8 +75,6 @@ def model_was_given(server: FakeAnthropicServer, answers: int) -> str:
 def open_thread(server: FakeDiscordServer, name: str) -> str:
     """Open a thread in #general as people do, without the bot; return its id."""
     starter = server.add_thread_message(server.channel_id, name)
-    import urllib.request
-
     request = urllib.request.Request(
         f"{server.api_url}/channels/{server.channel_id}/messages/{starter.id}/threads", method="POST",
         data=json.dumps({"name": name}).encode(),
@@ -107,6 +106,23 @@ def test_what_was_said_in_a_thread_before_the_mention_reaches_the_model_once(
     bot_posts(server, thread, 2)
     assert "eu-west-3" in model_was_given(anthropic_server, 2)
     assert len(server.calls_to("GET", rf"/channels/{thread}/messages$")) == 1  # read once per thread
+
+
+def test_without_read_message_history_the_answer_comes_and_the_thread_is_not_asked_again(
+        bot: DiscordBot, discord_server: FakeDiscordServer, anthropic_server: FakeAnthropicServer) -> None:
+    server = discord_server
+    thread = open_thread(server, "billing release")
+    server.add_thread_message(thread, "billing deploys from the release-7 branch now", author=server.bob)
+    server.history_hidden.add(thread)
+    time.sleep(0.005)
+    server.send_message_create(thread, f"<@{server.bot_id}> /ask which branch does billing deploy from?")
+    assert "went wrong" not in bot_posts(server, thread, 1)[0]
+    assert "release-7" not in model_was_given(anthropic_server, 1)
+
+    server.history_hidden.clear()
+    server.send_message_create(thread, "/ask and the canary?")
+    bot_posts(server, thread, 2)
+    assert [call.status for call in server.calls_to("GET", rf"/channels/{thread}/messages$")] == [403]
 
 
 def test_a_decision_is_kept_when_someone_allowed_reacts_with_a_check_mark(

@@ -334,6 +334,8 @@ class FakeDiscordServer:
         self._interactions: dict[str, _Interaction] = {}  # by token
         self._sessions: dict[str, _Session] = {}
         self._rate_limits: list[_RateLimitRule] = []
+        #: Channels where the bot lacks Read Message History: reading their messages is 403 Missing Access.
+        self.history_hidden: set[str] = set()
 
         self.application_id = self.bot_id = self.snowflake()
         self.bot_user: Json = self._user_json(self.bot_id, "threadwork-bot", bot=True)
@@ -1001,6 +1003,8 @@ class FakeDiscordServer:
     async def _list_messages(self, request: web.Request) -> web.Response:
         cid = request.match_info["channel_id"]
         self._channel(cid)
+        if cid in self.history_hidden:
+            raise ApiError(403, 50001, "Missing Access")
         limit = min(int(request.query.get("limit", 50)), 100)
         before = int(request.query.get("before", 1 << 63))
         after = int(request.query.get("after", 0))
