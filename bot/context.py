@@ -23,7 +23,6 @@ import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 
 from sqlalchemy.orm import Session
 
@@ -218,9 +217,7 @@ class ContextBuilder:
             after = summary.through_message_id if summary else None
             entries = thread_entries(session, conversation_id, after_id=after, newest=FIRST_LOAD_ROWS)
             thread = _Thread(entries, summary, version, complete=len(entries) < FIRST_LOAD_ROWS)
-        # What was said before the bot came (plugins.memory.history) is stored after the message
-        # that brought it, with the platform's times: the thread is shown in the order it was said.
-        thread = _trimmed(replace(thread, entries=sorted(thread.entries, key=_said_at)), budget_tokens)
+        thread = _trimmed(replace(thread, entries=_as_said(thread.entries)), budget_tokens)
         self._keep(conversation_id, thread)
         return thread
 
@@ -296,8 +293,20 @@ def _trimmed(thread: _Thread, budget_tokens: int) -> _Thread:
     return thread
 
 
-def _said_at(entry: HistoryEntry) -> tuple[datetime, int]:
-    return as_utc(entry.created_at), entry.id
+def _as_said(entries: list[HistoryEntry]) -> list[HistoryEntry]:
+    """Return the messages in the order they were stored, those said before the first of them moved ahead.
+
+    What was said in a thread before the bot came (`plugins.memory.history`) is read from the
+    platform after the message that brought the bot was stored, and keeps the platform's times.
+    Only those move (by time): the rest keep their stored order, whatever the clocks say.
+    """
+    stored = sorted(entries, key=lambda entry: entry.id)
+    if not stored:
+        return stored
+    start = as_utc(stored[0].created_at)
+    earlier = sorted((entry for entry in stored if as_utc(entry.created_at) < start),
+                     key=lambda entry: (as_utc(entry.created_at), entry.id))
+    return earlier + [entry for entry in stored if as_utc(entry.created_at) >= start] if earlier else stored
 
 
 def _line(entry: HistoryEntry) -> str:
