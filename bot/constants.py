@@ -38,6 +38,29 @@ RATE_LIMIT_RETRIES = 5
 #: A Retry-After longer than this is not waited out in a job: the post fails and says so.
 RATE_LIMIT_MAX_WAIT_S = 30.0
 
+#: Per-channel rate budgets (bot.rate_budget), shared by every process through Redis.
+#: Slack: "about 1 message per second per channel with short bursts" (chat.postMessage docs,
+#: PLATFORM_FACTS); posts and uploads of one channel share this refill rate...
+SLACK_CHANNEL_POSTS_PER_S = 1.0
+#: ...and a burst of 2, under any short burst Slack allows, so the network's jitter between two
+#: posts granted 1 s apart never turns into a 429.
+SLACK_CHANNEL_POST_BURST = 2
+#: Slack chat.update is Tier 3, "50+ per minute" per method per workspace (PLATFORM_FACTS,
+#: Slack's rate-limit tiers): one workspace-wide bucket for every edit the app makes.
+SLACK_UPDATES_PER_S = 50 / 60
+#: Tier 3 "tolerates occasional bursts" (Slack's rate-limit docs); 5 is a modest one.
+SLACK_UPDATE_BURST = 5
+#: Discord: 5 messages per 5 s per channel, posts and edits alike (Discord's per-route buckets,
+#: PLATFORM_FACTS); a Discord thread is a channel of its own.
+DISCORD_CHANNEL_MESSAGES_PER_S = 1.0
+#: One less than Discord's 5, as headroom for network jitter between processes.
+DISCORD_CHANNEL_BURST = 4
+#: An intermediate edit leaves this many tokens in its bucket, so new posts and final states go first.
+RATE_BUDGET_RESERVE = 1
+#: A post or final edit waits at most this long for a token, then goes anyway (a 429 then
+#: still waits out its Retry-After): the final state of a message must land.
+RATE_BUDGET_MAX_WAIT_S = 60.0
+
 #: Edits of one status message are coalesced to at most one per second (Slack chat.update is
 #: Tier 3, ~50/min; Discord's per-route buckets allow about 5 per 5 s).
 STATUS_EDIT_INTERVAL_S = 1.0

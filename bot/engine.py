@@ -27,6 +27,7 @@ from bot.errors import ConfigError, DuplicateEvent, PermissionDenied, RateLimite
 from bot.memory import within_budget
 from bot.plugins import make_plugin_manager
 from bot.queue import InProcessQueue, JobQueue, RedisQueue
+from bot.rate_budget import EDIT, POST, RateBudget
 from bot.redaction import Redactor
 from bot.signals import STEER, RunSignals, Signal
 from bot.types import (
@@ -123,6 +124,8 @@ class Engine:
         self.redact = Redactor(settings.secret_values)
         self.inbox = Inbox(db.engine)
         self.signals = RunSignals(settings.redis_url)
+        #: Each channel's budget of posts and edits, shared through Redis by every process.
+        self.rate_budget = RateBudget.from_url(settings.redis_url)
         #: The context builder the memory plugins answer `recall` with (cached per conversation).
         self.context = ContextBuilder(db, thread_share=manifest.memory.thread_share,
                                       half_life_days=manifest.memory.half_life_days)
@@ -264,6 +267,7 @@ class Engine:
         """Post a reply with buttons (where the platform has them, else `typed_hint` after it); return its id."""
         reply = self._redacted(reply)
         port = self.port_for(conversation.where.platform)
+        self.rate_budget.take(conversation.where, POST)
         if isinstance(port, ChoicePort):
             message_id = patiently(lambda: port.post_choices(conversation.where, reply, choices))
         else:
@@ -359,6 +363,7 @@ class Engine:
         """Post a reply into the conversation's thread, store it, and return its message id."""
         reply = self._redacted(reply)
         port = self.port_for(conversation.where.platform)
+        self.rate_budget.take(conversation.where, POST)
         message_id = patiently(lambda: port.post(conversation.where, reply))
         with self.inbox.transaction() as cursor:
             self.inbox.add_message(cursor, conversation.id, "assistant", reply.text, external_id=message_id,
@@ -366,9 +371,18 @@ class Engine:
         return message_id
 
     def edit(self, conversation: Conversation, message_id: str, reply: Reply | str, *, final: bool = False,
-             reply_to: int | None = None) -> None:
-        """Replace a message the bot posted; with `final`, also store the text as the reply."""
+             reply_to: int | None = None, wait_for_budget: bool = True) -> None:
+        """Replace a message the bot posted; with `final`, also store the text as the reply.
+
+        :param wait_for_budget: False for an intermediate edit of a live message: when the
+            channel's rate budget has no token now, raise `BudgetSpent` (a `RateLimited`) saying
+            when to try again, instead of waiting.
+        """
         reply = self._redacted(reply)
+        if wait_for_budget:
+            self.rate_budget.take(conversation.where, EDIT)
+        else:
+            self.rate_budget.take_now(conversation.where, EDIT)
         self.port_for(conversation.where.platform).edit(conversation.where, message_id, reply)
         if final:
             with self.inbox.transaction() as cursor:
@@ -379,6 +393,7 @@ class Engine:
         clean = Attachment(attachment.filename, self.redact.bytes(attachment.data), attachment.title,
                            self.redact(attachment.comment))
         port = self.port_for(conversation.where.platform)
+        self.rate_budget.take(conversation.where, POST)
         return patiently(lambda: port.upload(conversation.where, clean))
 
     def open_thread(self, conversation_where: ThreadRef, text: str) -> ThreadRef:

@@ -3,7 +3,10 @@
 `render_status` turns a `RunStatus` into short markdown every adapter can show (Slack and
 Discord also lay `Reply.status` out as blocks or an embed). `LiveMessage` keeps one posted
 message up to date: edits are coalesced to at most one per `STATUS_EDIT_INTERVAL_S`, a
-platform's Retry-After delays only that message, and the final state always lands.
+platform's Retry-After delays only that message, and the final state always lands. When the
+channel's rate budget (`bot.rate_budget`, shared by every message and process in the channel)
+has no token for an intermediate edit, the message keeps its newest content and tries again
+when the next token comes, like after a Retry-After; the final edit waits for its token.
 """
 
 from __future__ import annotations
@@ -106,11 +109,15 @@ class LiveMessage:
     @classmethod
     def in_thread(cls, engine, conversation: Conversation, *, message_id: str | None = None,
                   reply_to: int | None = None, interval: float = constants.STATUS_EDIT_INTERVAL_S) -> LiveMessage:
-        """Return a live message posted and edited through the engine (redacted, persisted)."""
+        """Return a live message posted and edited through the engine (redacted, persisted).
+
+        Its intermediate edits do not wait for the channel's rate budget: the engine raises
+        `BudgetSpent` (a `RateLimited`) and the flusher tries again at the next token's time.
+        """
         live = cls(
             post=lambda reply: engine.say(conversation, reply, reply_to=reply_to),
             edit=lambda message_id, reply: engine.edit(conversation, message_id, reply, final=not reply.partial,
-                                                       reply_to=reply_to),
+                                                       reply_to=reply_to, wait_for_budget=not reply.partial),
             interval=interval,
             message_id=message_id,
         )
