@@ -80,8 +80,14 @@ def detect(text: str) -> Candidate | None:
             if scope == ScopeKind.CHANNEL and fact.lower().startswith("to "):
                 fact = "we " + fact[3:]  # "we decided to squash-merge" -> "we squash-merge"
             if len(fact.split()) >= MIN_FACT_WORDS and len(fact) <= MAX_PROPOSAL_CHARS:
-                return Candidate(fact[0].upper() + fact[1:] if scope == ScopeKind.CHANNEL else fact, scope)
+                return Candidate(_sentence_case(fact) if scope == ScopeKind.CHANNEL else fact, scope)
     return None
+
+
+def _sentence_case(text: str) -> str:
+    """Return the text with its first word capitalised, unless that word is a name (`iOS`, `API`)."""
+    first = text.split(" ", 1)[0]
+    return text[0].upper() + text[1:] if first.islower() else text
 
 
 @hookimpl(trylast=True)
@@ -90,11 +96,11 @@ def remember(message: Message, conversation: Conversation, engine: EngineAPI) ->
     if not settings.propose:
         return
     try:
-        with engine.db.session() as session:
-            Memories(session).expire_proposals(utcnow() - timedelta(hours=settings.proposal_ttl_hours))
         candidate = detect(message.text)
         if candidate is None or REDACTED in candidate.text or engine.redact(candidate.text) != candidate.text:
             return
+        with engine.db.session() as session:  # here, not after every answer: only when one is considered
+            Memories(session).expire_proposals(utcnow() - timedelta(hours=settings.proposal_ttl_hours))
         if len(candidate.text) > settings.max_fact_chars:
             return
         person, channel, _ = scopes_for(conversation.where.platform, conversation.where.channel, message.user_id)
@@ -116,9 +122,11 @@ def remember(message: Message, conversation: Conversation, engine: EngineAPI) ->
 def _offer(candidate: Candidate, platform: str) -> str:
     how = "React ✅ to keep it" if platform in REACTING_PLATFORMS else "Reply `/keep` to keep it"
     if candidate.scope == ScopeKind.PERSON:
-        said = re.sub(r"^I\b", "you", candidate.text)
+        said = re.sub(r"\bmy\b", "your", re.sub(r"^I\b", "you", candidate.text), flags=re.I)
         return f"Remember that {said}? {how} (for you, wherever you talk to me)."
-    return f"Remember that {candidate.text[0].lower() + candidate.text[1:]}? {how} for this channel."
+    first = candidate.text.split(" ", 1)[0]
+    said = candidate.text[0].lower() + candidate.text[1:] if first[1:].islower() or len(first) == 1 else candidate.text
+    return f"Remember that {said}? {how} for this channel."
 
 
 @hookimpl
