@@ -102,8 +102,8 @@ def serve(engine: Engine, *, stop: threading.Event | None = None) -> None:
 # -- the bot -------------------------------------------------------------------------------------
 
 
-class GatewayClient(discord.Client):
-    """discord.py's client, handing every event it cares about to the `DiscordBot`."""
+class _GatewayEvents:
+    """What the bot's discord.py client does: hand every event it cares about to the `DiscordBot`."""
 
     def __init__(self, bot: DiscordBot, **options: Any) -> None:
         super().__init__(**options)
@@ -129,6 +129,34 @@ class GatewayClient(discord.Client):
         await self.bot.on_cancel_click(interaction, run_id)
 
 
+class GatewayClient(_GatewayEvents, discord.Client):
+    """discord.py's client on one gateway connection (one process, every guild)."""
+
+
+class ShardedGatewayClient(_GatewayEvents, discord.AutoShardedClient):
+    """discord.py's client on the shards this process takes (`DISCORD_SHARD_IDS` of `DISCORD_SHARD_COUNT`)."""
+
+
+def shard_options(settings: Any) -> dict[str, Any]:
+    """Return the client's shard options from DISCORD_SHARD_COUNT and DISCORD_SHARD_IDS ({}: unsharded).
+
+    Discord sends a guild's events to shard `(guild_id >> 22) % shard_count` only, so processes
+    that split the shards between them each see their own guilds (direct messages: shard 0).
+    """
+    count, ids = settings.get("DISCORD_SHARD_COUNT"), settings.get("DISCORD_SHARD_IDS")
+    if not count and not ids:
+        return {}
+    try:
+        shard_count = int(count or "")
+        shard_ids = [int(part) for part in (ids or "").replace(" ", "").split(",") if part] or list(range(shard_count))
+    except ValueError:
+        raise ConfigError("DISCORD_SHARD_COUNT must be a number and DISCORD_SHARD_IDS numbers separated by commas "
+                          f"(got {count!r} and {ids!r})") from None
+    if shard_count < 1 or not all(0 <= shard < shard_count for shard in shard_ids):
+        raise ConfigError(f"DISCORD_SHARD_IDS {shard_ids} must each be below DISCORD_SHARD_COUNT ({shard_count})")
+    return {"shard_count": shard_count, "shard_ids": shard_ids}
+
+
 class DiscordBot:
     """The gateway side: discord.py's client on its own loop thread, feeding `engine.dispatch`."""
 
@@ -137,7 +165,9 @@ class DiscordBot:
         self.token = token or engine.settings.get("DISCORD_TOKEN") or ""
         self.loop = EventLoopThread("discord-gateway")
         intents = gateway_intents(engine.manifest.platforms.discord)
-        self.client = GatewayClient(self, intents=intents, **client_options(), **client_extra)
+        shards = shard_options(engine.settings)
+        client_class = ShardedGatewayClient if shards else GatewayClient
+        self.client = client_class(self, intents=intents, **shards, **client_options(), **client_extra)
         self.port = DiscordPort(self.client, self.loop)
         self._executor = ThreadPoolExecutor(DISPATCH_THREADS, thread_name_prefix="discord-dispatch")
         self._running: Future[None] | None = None

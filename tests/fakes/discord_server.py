@@ -235,6 +235,16 @@ class _Session:
     log: list[Json] = field(default_factory=list)  # every dispatch, for RESUME replays
     conn: _Connection | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: [shard_id, shard_count] from IDENTIFY, or None for an unsharded session.
+    shard: list[int] | None = None
+
+    def takes(self, data: Json) -> bool:
+        """Return whether this session's shard gets an event: `(guild_id >> 22) % count`, DMs on shard 0."""
+        if not self.shard:
+            return True
+        shard_id, count = self.shard
+        guild_id = data.get("guild_id") if isinstance(data, dict) else None
+        return (int(guild_id) >> 22) % count == shard_id if guild_id else shard_id == 0
 
 
 class ApiError(Exception):
@@ -1309,12 +1319,16 @@ class FakeDiscordServer:
                  "geo_ordered_rtc_regions": [], "session_type": "normal", "auth": {}, "user_settings": {},
                  "_trace": ["[\"fake-gateway\"]"]}
         if "shard" in data:
-            ready["shard"] = data["shard"]
+            ready["shard"] = session.shard = list(data["shard"])
+        owns_guild = session.takes({"guild_id": self.guild_id})
+        if not owns_guild:
+            ready["guilds"] = []
         async with session.lock:
             conn.session, session.conn = session, conn
             self._sessions[session.id] = session
             await self._emit_locked(session, "READY", ready)
-            await self._emit_locked(session, "GUILD_CREATE", self._guild_json(full=True))
+            if owns_guild:
+                await self._emit_locked(session, "GUILD_CREATE", self._guild_json(full=True))
 
     async def _resume(self, conn: _Connection, data: Json) -> None:
         with self._changing():
@@ -1384,6 +1398,8 @@ class FakeDiscordServer:
         with self._changing():
             self.dispatched.append((event, data))
         for session in list(self._sessions.values()):
+            if not session.takes(data):
+                continue  # Discord sends a guild's events to the shard that owns the guild only
             async with session.lock:
                 await self._emit_locked(session, event, data)
 
