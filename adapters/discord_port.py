@@ -262,14 +262,25 @@ class DiscordPort:
 
     async def _history(self, where: ThreadRef, before: str | None, limit: int) -> list[ThreadMessage]:
         channel = self._channel(where)
-        me = self._client.user
         found = [message async for message in channel.history(
             limit=limit, before=discord.Object(int(before)) if before else None)]  # newest first, 100 a request
-        return [ThreadMessage(external_id=str(message.id), user_id=str(message.author.id),
-                              text=re.sub(rf"<@!?{me.id}>\s*", "", message.content) if me else message.content,
-                              sent_at=message.created_at, user_name=message.author.display_name,
-                              is_bot=message.author.bot or message.type not in PEOPLES_MESSAGE_TYPES)
-                for message in reversed(found)]
+        found.reverse()
+        if len(found) < limit:
+            # A thread started from a message: that message (its id is the thread's) stays in the
+            # parent channel, and it is often what the thread is about.
+            parent = self._client.get_partial_messageable(int(where.channel))
+            try:
+                found.insert(0, await parent.fetch_message(int(where.thread)))
+            except discord.HTTPException:  # a thread started without a message, or a starter we may not see
+                pass
+        return [self._thread_message(message) for message in found]
+
+    def _thread_message(self, message: discord.Message) -> ThreadMessage:
+        me = self._client.user
+        return ThreadMessage(external_id=str(message.id), user_id=str(message.author.id),
+                             text=re.sub(rf"<@!?{me.id}>\s*", "", message.content) if me else message.content,
+                             sent_at=message.created_at, user_name=message.author.display_name,
+                             is_bot=message.author.bot or message.type not in PEOPLES_MESSAGE_TYPES)
 
     async def _open_thread(self, where: ThreadRef, text: str) -> ThreadRef:
         first_line = text.strip().splitlines()[0] if text.strip() else EMPTY_TEXT

@@ -72,9 +72,10 @@ def model_was_given(server: FakeAnthropicServer, answers: int) -> str:
     return json.dumps(server.bodies[answers - 1], ensure_ascii=False)
 
 
-def open_thread(server: FakeDiscordServer, name: str) -> str:
-    """Open a thread in #general as people do, without the bot; return its id."""
-    starter = server.add_thread_message(server.channel_id, name)
+def open_thread(server: FakeDiscordServer, name: str, starter_text: str = "a thread starter") -> str:
+    """Open a thread on a message in #general as people do, without the bot; return its id."""
+    starter = server.add_thread_message(server.channel_id, starter_text, author=server.bob)
+    time.sleep(0.005)
     request = urllib.request.Request(
         f"{server.api_url}/channels/{server.channel_id}/messages/{starter.id}/threads", method="POST",
         data=json.dumps({"name": name}).encode(),
@@ -86,7 +87,7 @@ def open_thread(server: FakeDiscordServer, name: str) -> str:
 def test_what_was_said_in_a_thread_before_the_mention_reaches_the_model_once(
         bot: DiscordBot, discord_server: FakeDiscordServer, anthropic_server: FakeAnthropicServer) -> None:
     server = discord_server
-    thread = open_thread(server, "billing release")
+    thread = open_thread(server, "billing release", "Heads-up: the billing rollout is paused")
     server.add_thread_message(thread, "billing deploys from the release-7 branch now", author=server.bob)
     time.sleep(0.005)
     server.add_thread_message(thread, "and its canary runs in eu-west-3", author=server.bob)
@@ -98,7 +99,8 @@ def test_what_was_said_in_a_thread_before_the_mention_reaches_the_model_once(
 
     given = model_was_given(anthropic_server, 1)
     assert "release-7 branch" in given and "eu-west-3" in given and "build 412" not in given
-    assert given.index("release-7") < given.index("eu-west-3") < given.index("which branch does billing")
+    assert given.index("rollout is paused") < given.index("release-7") < given.index("eu-west-3") \
+        < given.index("which branch does billing")  # the message the thread was started on comes first
     (call,) = server.calls_to("GET", rf"/channels/{thread}/messages$")
     assert call.query["before"] == asked.id
 
