@@ -82,3 +82,13 @@ def test_the_detector_finds_decisions_and_preferences_not_questions_or_chatter()
             ("The API stays frozen until March", "channel"),
         "thanks, that worked": None,
     }
+
+
+def test_a_decision_in_an_agent_request_is_offered_once_the_run_is_done(
+        make_engine: EngineFactory, anthropic_server: FakeAnthropicServer) -> None:
+    engine, port = make_engine(manifest={"plugins": {"modules": ["tests.workers.toy_agent_plugin"]},
+                                         "agent": {"name": "toy"}})
+    dispatch_and_wait(engine, "/agent from now on we deploy with make ship; add the make target")
+    assert engine.queue.wait(timeout=60)
+    assert [post for post in port.final_texts.values() if post.startswith("Remember that")] == [OFFER]
+    assert last_post(port) == OFFER  # after the run's answer
