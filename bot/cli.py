@@ -27,6 +27,8 @@ log = logging.getLogger("bot.cli")
 CONSOLE_CHAT = "adapters.console.ConsoleChat"
 RUN_WORKER = "workers.worker.run_worker"
 REAPER = "workers.reaper.Reaper"
+START_AGENTS = "workers.worker.start_agents"
+STOP_AGENTS = "workers.worker.stop_agents"
 ROUTE_LINES = "workers.routing.route_lines"
 #: The web view (`python -m bot web`, or a thread of `run`/`chat` with web.enabled): Starlette
 #: and uvicorn are imported only here.
@@ -86,12 +88,15 @@ def chat(thread: str | None, new_thread: bool, concurrent: bool) -> None:
     console = resolve(CONSOLE_CHAT)(engine, thread or constants.CONSOLE_DEFAULT_THREAD, interactive=interactive,
                                     concurrent=concurrent)
     reaper = _in_process_reaper(engine)
+    agents = _in_process_agents(engine)
     _web_in_thread(engine)
     try:
         code = console.run(None)
     finally:
         if reaper:
             reaper.stop()
+        if agents:
+            resolve(STOP_AGENTS)(engine)
         engine.close()
     sys.exit(code)
 
@@ -125,6 +130,7 @@ def run() -> None:
         click.echo("queue: no worker is running, so answers and agent runs will wait: start `python -m bot worker`",
                    err=True)
     reaper = _in_process_reaper(engine)
+    agents = _in_process_agents(engine)
     _web_in_thread(engine)
     try:
         registry = platforms.registered(engine.manifest)
@@ -132,6 +138,8 @@ def run() -> None:
     finally:
         if reaper:
             reaper.stop()
+        if agents:
+            resolve(STOP_AGENTS)(engine)
         engine.close()
 
 
@@ -149,6 +157,14 @@ def _in_process_reaper(engine: Any) -> Any:
     if engine.settings.redis_url:
         return None
     return resolve(REAPER)(engine).start()
+
+
+def _in_process_agents(engine: Any) -> bool:
+    """Start the agents' servers (warm opencode) in the background when this process runs the jobs."""
+    if engine.settings.redis_url:
+        return False
+    resolve(START_AGENTS)(engine)
+    return True
 
 
 def _web_in_thread(engine: Any) -> None:

@@ -142,11 +142,10 @@ class AgentSection(_Section):
     stale_after_seconds: int = Field(default=constants.RUN_STALE_AFTER_S, ge=5)
     #: A run lost with its worker is tried once more (its thread is told) instead of failing.
     retry_lost_runs: bool = False
-    #: opencode only: "warm" runs on one `opencode serve` per worker process (a follow-up's first
-    #: event in ~0.2 s instead of ~4 s), "cold" starts `opencode run` per run. A warm run the
-    #: server cannot take falls back to the cold path. Cold by default until warm has run in
-    #: RQ's forked work-horses under the whole suite (see plugins/agents/opencode_server.py).
-    mode: Literal["warm", "cold"] = "cold"
+    #: opencode only: "warm" runs on one `opencode serve` per worker process, started with the
+    #: worker (a follow-up's first event in ~0.2 s instead of ~4 s), "cold" starts `opencode run`
+    #: per run. A warm run the server cannot take falls back to the cold path.
+    mode: Literal["warm", "cold"] = "warm"
     #: The warm server is restarted (between runs) once its RSS passes this (PLATFORM_FACTS:
     #: ~300 MB idle, +60-70 MB per new directory, GBs after days, #20695).
     server_max_rss_mb: int = Field(default=1500, ge=200)

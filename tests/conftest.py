@@ -33,6 +33,15 @@ os.environ.pop("REDIS_URL", None)
 os.environ.pop("DATABASE_URL", None)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_agent_server_outlives_the_session() -> Iterator[None]:
+    """Stop every warm opencode server this pytest process started, whatever a test left running."""
+    yield
+    from plugins.agents.opencode_server import stop_all
+
+    stop_all()
+
+
 @pytest.fixture(scope="session")
 def redis_server_url() -> Iterator[str]:
     """A real redis-server on 127.0.0.1 for the whole test session."""

@@ -23,26 +23,40 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
     set_current(engine)
     reaper = Reaper(engine).start()
     connection = engine.queue.connection  # type: ignore[attr-defined]
-    rq_worker = Worker([Queue(constants.QUEUE_NAME, connection=connection)], connection=connection, name=name)
+    rq_worker = Worker([Queue(constants.QUEUE_NAME, connection=connection)], connection=connection, name=name,
+                       job_monitoring_interval=constants.JOB_HEARTBEAT_S)
     # An agent with a server per worker (opencode, agent.mode: warm) starts it here, in the
-    # worker process: RQ's work-horses are forked per job and borrow it.
-    warm = [line for agent in engine.agents.values() if (line := _warm_up(agent))]
+    # worker process and in the background: RQ's work-horses are forked per job and borrow it.
+    warm = start_agents(engine)
     ready(ready_line(engine, rq_worker.name) + "".join(f"; {line}" for line in warm))
     try:
+        # RQ turns SIGTERM and SIGINT into a warm shutdown: work() returns and the servers stop here.
         rq_worker.work(burst=burst, with_scheduler=with_scheduler, logging_level="WARNING")
     finally:
         reaper.stop()
-        for agent in engine.agents.values():
-            shut_down = getattr(agent, "shut_down", None)
-            if shut_down is not None:
-                shut_down()
+        stop_agents(engine)
     return 0
 
 
-def _warm_up(agent: object) -> str:
-    """Start the agent's long-lived part if it has one (`warm_up`); return what it says of it."""
-    warm_up = getattr(agent, "warm_up", None)
-    return warm_up() if warm_up is not None else ""
+def start_agents(engine: Engine) -> list[str]:
+    """Start the agents' long-lived parts in the background (`warm_up`); return what each says of it.
+
+    Called by every process that runs agent jobs: a worker, and `run`/`chat` without Redis.
+    """
+    lines = []
+    for agent in engine.agents.values():
+        warm_up = getattr(agent, "warm_up", None)
+        if warm_up is not None and (line := warm_up()):
+            lines.append(line)
+    return lines
+
+
+def stop_agents(engine: Engine) -> None:
+    """Stop the agents' long-lived parts (`shut_down`): no agent server outlives its worker."""
+    for agent in engine.agents.values():
+        shut_down = getattr(agent, "shut_down", None)
+        if shut_down is not None:
+            shut_down()
 
 
 def ready_line(engine: Engine, worker_name: str) -> str:

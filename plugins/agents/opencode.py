@@ -27,7 +27,7 @@ from bot.types import Agent, AgentOutcome, AgentTask, EngineAPI, HealthCheck, Ru
 from plugins.agents.cli_runner import CliInvocation, run_cli
 from plugins.agents.opencode_events import parse_line
 from plugins.agents.opencode_model import connection_problem, ping, read_user_config, resolve_endpoint
-from plugins.agents.opencode_server import ServerSpec, server_for, stop_all
+from plugins.agents.opencode_server import OpencodeServer, ServerSpec, server_for, stop_all
 from plugins.agents.opencode_sessions import copy_session
 from plugins.agents.opencode_warm import WarmRun
 
@@ -155,22 +155,29 @@ class ConfiguredOpencode:
         return WarmRun(server, cold, self._server_states()).run(task, on_event, cancel, inbox)
 
     def warm_up(self) -> str:
-        """Start this worker's opencode server now (warm mode); return a line for the ready message."""
+        """Start this worker's opencode server in the background (warm mode); return a line for the ready message.
+
+        The worker takes jobs at once: a run that comes before the server is ready waits a
+        little (`opencode_server.RUN_WAIT_S`), then takes the cold path.
+        """
+        server = self.server()
+        if server is None:
+            agent = self.manifest.agent
+            in_use = {agent.name, *agent.choosable, *(c.agent for c in self.manifest.channels.values() if c.agent)}
+            return f"opencode {agent.mode}" if NAME in in_use else ""
+        server.start()
+        return f"opencode warm (server starting in {server.spec.state_dir})"
+
+    def server(self) -> OpencodeServer | None:
+        """Return this process's warm server as the manifest configures it (None: cold mode, or opencode unused)."""
         agent = self.manifest.agent
         in_use = {agent.name, *agent.choosable, *(c.agent for c in self.manifest.channels.values() if c.agent)}
-        if NAME not in in_use:
-            return ""
         binary = resolve_agent_binary(self.manifest, self.settings)
-        if agent.mode != "warm" or binary is None or not (agent.model or self.settings.get("OPENCODE_CONFIG")):
-            return f"opencode {agent.mode}"
+        if NAME not in in_use or agent.mode != "warm" or binary is None \
+                or not (agent.model or self.settings.get("OPENCODE_CONFIG")):
+            return None
         env = passed_env(agent.pass_env, self.settings.env)
-        server = server_for(self._server_spec(binary, agent.allow_webfetch, env))
-        try:
-            server.ensure()
-        except Exception as exc:  # boundary: worker start; runs fall back to the cold path
-            log.warning("the opencode server did not start: %s", exc)
-            return f"opencode warm (server not started: {exc}; runs fall back to cold)"
-        return f"opencode warm (server pid {server.pid} on {server.url})"
+        return server_for(self._server_spec(binary, agent.allow_webfetch, env))
 
     def shut_down(self) -> None:
         """Stop the opencode servers this process started."""

@@ -10,7 +10,14 @@ The supervisor thread spawns every server process, so the server dies with that 
 process (PR_SET_PDEATHSIG follows the thread that forked it). An RQ worker forks a work-horse
 per job: in the horse the server is *borrowed* (`borrowed`): runs talk to it over HTTP with
 an event reader of their own (threads do not survive a fork), but only the worker restarts it.
-The run counters live in shared memory so the worker sees what its horses did.
+The run counters and the server's address live in shared memory, so the worker sees what its
+horses did and a horse forked while the server was still starting finds it once it is ready.
+
+The worker starts its server in the background (`start`): the worker takes jobs at once, and a
+run that arrives before the server is ready waits up to `RUN_WAIT_S` (about what a cold start
+costs) and otherwise takes the cold path. opencode installs `@opencode-ai/plugin` (~64 MB from
+npm) into a fresh config dir on first use; the checkout installs it once (`.ci/run`, README) into
+`PLUGIN_DEPS` and every server's config dir is seeded from there, so no run waits on npm.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import mmap
 import os
 import queue
 import secrets
+import shutil
 import signal
 import socket
 import struct
@@ -44,6 +52,12 @@ SERVER_USER = "opencode"
 #: Seconds a new server gets to answer /global/health: ready ~7.6 s after spawn on 2 cores
 #: (PLATFORM_FACTS, "as a server"); the margin covers a CI run sharing the cores.
 READY_TIMEOUT_S = 45.0
+#: Seconds a run waits for a server that is still starting before it takes the cold path: about
+#: what the cold path costs to its first event (3.1-5.4 s on 2 cores, PLATFORM_FACTS).
+RUN_WAIT_S = 5.0
+#: Where the checkout installs the npm packages opencode wants in its config dir (`.ci/run`:
+#: `npm install --save-exact --prefix .agent-runtime/opencode-config @opencode-ai/plugin@1.18.33`).
+PLUGIN_DEPS = Path(__file__).resolve().parents[2] / ".agent-runtime" / "opencode-config"
 #: Seconds a health check may take before the server counts as hung (issue 14: "about 5 s").
 HEALTH_TIMEOUT_S = 5.0
 #: Seconds between the watchdog's looks at health, RSS and the runs served.
@@ -105,6 +119,24 @@ class RunLedger:
             struct.pack_into(self._FORMAT, self._memory, 0, 0, 0)
 
 
+class SharedAddress:
+    """The serving process's pid, port and password, in memory shared with forked horses."""
+
+    _FORMAT = "qq64s"
+
+    def __init__(self) -> None:
+        self._memory = mmap.mmap(-1, struct.calcsize(self._FORMAT))  # MAP_SHARED: survives fork
+
+    def publish(self, pid: int, port: int, password: str) -> None:
+        """Say where the ready server listens (pid 0: no server ready)."""
+        struct.pack_into(self._FORMAT, self._memory, 0, pid, port, password.encode())
+
+    def read(self) -> tuple[int, int, str]:
+        """Return (pid, port, password) of the ready server; pid 0 when there is none."""
+        pid, port, password = struct.unpack_from(self._FORMAT, self._memory)
+        return pid, port, password.rstrip(b"\0").decode()
+
+
 @dataclass
 class Subscription:
     """The events of one run: its directory and session, and a queue the reader fills."""
@@ -120,6 +152,7 @@ class OpencodeServer:
     def __init__(self, spec: ServerSpec) -> None:
         self.spec = spec
         self.ledger = RunLedger()
+        self.address = SharedAddress()
         self.owner_pid = os.getpid()
         self.process: subprocess.Popen[bytes] | None = None
         #: The pid of the serving process (also known in a forked horse, which has no Popen).
@@ -154,12 +187,9 @@ class OpencodeServer:
         return httpx.Client(base_url=self.url, auth=(SERVER_USER, self.password), timeout=timeout, trust_env=False)
 
     # -- life --------------------------------------------------------------------------------
-    def ensure(self, timeout: float = READY_TIMEOUT_S) -> None:
-        """Start the server if needed and wait until it answers; raise ServerUnavailable otherwise."""
+    def start(self) -> None:
+        """Start the server in the background (the supervisor thread); return at once."""
         if self.borrowed:
-            if not self.pid or not pid_alive(self.pid):
-                raise ServerUnavailable("the worker's opencode server is not running")
-            self._ensure_reader()
             return
         with self._lock:
             if self._supervisor is None or not self._supervisor.is_alive():
@@ -167,12 +197,34 @@ class OpencodeServer:
                 self._wanted.set()
                 self._supervisor = threading.Thread(target=self._supervise, name="opencode-server", daemon=True)
                 self._supervisor.start()
+
+    def ensure(self, timeout: float = RUN_WAIT_S) -> None:
+        """Start the server if needed and wait until it answers; raise ServerUnavailable otherwise."""
+        if self.borrowed:
+            self._borrow(timeout)
+            self._ensure_reader()
+            return
+        self.start()
         if not self._ready.wait(timeout):
             raise ServerUnavailable(self._start_error or f"the opencode server was not ready within {timeout:g} s")
         if self.process is None or self.process.poll() is not None:
             self.request_restart("it was found dead when a run started")
             raise ServerUnavailable("the opencode server is not running")
         self._ensure_reader()
+
+    def _borrow(self, timeout: float) -> None:
+        """In a horse: wait (up to `timeout`) until the worker's server is ready, and use it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, port, password = self.address.read()
+            if pid and pid_alive(pid):
+                if (pid, port) != (self.pid, self.port):
+                    self.pid, self.port, self.password = pid, port, password
+                    self._generation += 1
+                return
+            if time.monotonic() >= deadline:
+                raise ServerUnavailable("the worker's opencode server is not running (yet)")
+            time.sleep(0.1)
 
     def stop(self) -> None:
         """Stop the watchdog, the reader and the server process (SIGTERM, then SIGKILL)."""
@@ -251,6 +303,7 @@ class OpencodeServer:
                 self._start_error = f"opencode serve exited with status {self.process.returncode} (see {state}/serve.log)"
                 break
             if self.healthy(timeout=1.0):
+                self.address.publish(self.pid, self.port, self.password)
                 self._ready.set()
                 log.info("opencode server ready on %s (pid %s)", self.url, self.pid)
                 return
@@ -261,6 +314,7 @@ class OpencodeServer:
 
     def _terminate(self) -> None:
         process, self.process = self.process, None
+        self.address.publish(0, 0, "")
         self._ready.clear()
         self._reader_connected.clear()
         if process is not None and process.poll() is None:
@@ -371,12 +425,39 @@ def server_environment(spec: ServerSpec) -> dict[str, str]:
         path = spec.state_dir / name.lower()
         path.mkdir(parents=True, exist_ok=True)
         env[name] = str(path)
+    seed_plugin_deps(spec.state_dir / "xdg_config_home" / "opencode")
     config = spec.state_dir / "opencode.json"
     config.write_text(spec.config, encoding="utf-8")
     env.update(dict(spec.env))
     env["OPENCODE_CONFIG"] = str(config)
     env["OPENCODE_SERVER_PASSWORD"] = secrets.token_urlsafe(24)
     return env
+
+
+def seed_plugin_deps(config_dir: Path, source: Path = PLUGIN_DEPS) -> bool:
+    """Give opencode's config dir the npm packages installed with the checkout; return whether it has them.
+
+    Hard links where the file system allows (the files are only read), copies elsewhere.
+    """
+    if (config_dir / "node_modules").is_dir():
+        return True
+    if not (source / "node_modules").is_dir():
+        log.warning("%s is missing: opencode will fetch @opencode-ai/plugin from npm on first use (run .ci/run's "
+                    "npm step, see the README)", source)
+        return False
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    config_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("package.json", "package-lock.json"):
+        shutil.copy2(source / name, config_dir / name)
+    shutil.copytree(source / "node_modules", config_dir / "node_modules", symlinks=True, copy_function=link,
+                    dirs_exist_ok=True)
+    return True
 
 
 def free_port() -> int:

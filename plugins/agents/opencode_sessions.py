@@ -1,4 +1,14 @@
-"""Copying an opencode session into a fork's agent state, so `--session ID --fork` can fork it there.
+"""Moving opencode sessions between agent states: into a fork's state, and to another worker's server.
+
+A warm session lives in the database of the server that made it (`agent-state/server-<pid>`),
+and a cold one in its conversation's state. A follow-up may be taken by any worker, so before
+a run prompts a session its worker's server gets the freshest copy there is: opencode 1.18
+keeps every session as an event history (tables `event`, `event_sequence`), which
+`POST /sync/replay` rebuilds on another server (measured: a session made on one server,
+replayed on a second, continued there with its whole history). The history is read from the
+holder's database file, so the holder's worker need not be alive.
+
+Forks:
 
 opencode keeps its sessions in one SQLite file under its XDG data directory, one per
 conversation here (`AgentTask.state_dir`), and a session runs in the directory it was made in
@@ -11,9 +21,12 @@ parent's own state is only read.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -49,3 +62,64 @@ def copy_session(session_id: str, parent_state: Path, fork_state: Path, fork_wor
     if moved != 1:
         target_path.unlink(missing_ok=True)
     return moved == 1
+
+
+def session_seq(state_dir: Path, session_id: str) -> int:
+    """Return the last event number of the session in this state's database (-1: not there)."""
+    path = state_dir / DATABASE
+    if not path.is_file():
+        return -1
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=LOCK_TIMEOUT_S)) as db:
+            row = db.execute("SELECT seq FROM event_sequence WHERE aggregate_id = ?", (session_id,)).fetchone()
+    except sqlite3.Error:
+        return -1
+    return int(row[0]) if row else -1
+
+
+def freshest_holder(states: Path, session_id: str) -> tuple[Path | None, int]:
+    """Return the agent state (under `agent-state/`) holding the newest copy of the session, and its number."""
+    best: tuple[Path | None, int] = (None, -1)
+    for database in sorted(states.glob(f"*/{DATABASE}")):
+        state = database.parents[len(DATABASE.parts) - 1]
+        seq = session_seq(state, session_id)
+        if seq > best[1]:
+            best = (state, seq)
+    return best
+
+
+def session_history(state_dir: Path, session_id: str) -> list[dict[str, Any]]:
+    """Return the session's event history from a state's database, in order, as `/sync/replay` takes it."""
+    path = state_dir / DATABASE
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=LOCK_TIMEOUT_S)) as db:
+        rows = db.execute("SELECT id, aggregate_id, seq, type, data FROM event WHERE aggregate_id = ? ORDER BY seq",
+                          (session_id,)).fetchall()
+    return [{"id": event_id, "aggregateID": aggregate, "seq": seq, "type": kind, "data": json.loads(data)}
+            for event_id, aggregate, seq, kind, data in rows]
+
+
+def bring_session(api: Any, headers: dict[str, str], session_id: str, workspace: Path, own_state: Path,
+                  states: Path) -> bool:
+    """Give this server the freshest copy of the session (replayed from its holder); return whether it has it.
+
+    `api` is an HTTP client of the server, `own_state` that server's agent state and `states`
+    the directory of every agent state (`$BOT_DATA_DIR/agent-state`).
+    """
+    own = session_seq(own_state, session_id)
+    holder, newest = freshest_holder(states, session_id)
+    if holder is None or holder == own_state or newest <= own:
+        return own >= 0 and api.get(f"/session/{session_id}", headers=headers).status_code == 200
+    try:
+        history = session_history(holder, session_id)
+    except (sqlite3.Error, ValueError):
+        log.exception("reading opencode session %s from %s failed", session_id, holder)
+        return False
+    if own >= 0:  # a stale copy from an earlier visit of this conversation: replaced whole
+        api.delete(f"/session/{session_id}", headers=headers)
+    answer = api.post("/sync/replay", headers=headers, json={"directory": str(workspace), "events": history})
+    if answer.status_code != 200:
+        log.warning("replaying opencode session %s from %s: HTTP %s %s", session_id, holder, answer.status_code,
+                    answer.text[:200])
+        return False
+    log.info("opencode session %s carried over from %s (%d events)", session_id, holder.name, len(history))
+    return True

@@ -37,6 +37,7 @@ from bot.signals import APPROVAL, STEER, RunInbox, Signal
 from bot.types import AgentOutcome, AgentTask, EventKind, RunEvent
 from plugins.agents.opencode_events import ServerEvents
 from plugins.agents.opencode_server import SERVER_LOST, OpencodeServer, ServerUnavailable, directory_header
+from plugins.agents.opencode_sessions import bring_session, freshest_holder
 
 if TYPE_CHECKING:
     from plugins.agents.opencode import OpencodeAgent
@@ -116,11 +117,14 @@ class WarmRun:
             return self._cold(taken, on_event, cancel, f"warm server lost mid-run: {exc}")
 
     def _session(self, api: httpx.Client, task: AgentTask) -> str | None:
-        """Return the session to prompt: the task's if this server knows it, else a new one (None: unknown)."""
+        """Return the session to prompt: the task's (carried over to this server if need be), else a new one.
+
+        None: the task's session could not be brought here (the cold path continues it).
+        """
         headers = directory_header(task.workspace)
         if task.session_id:
-            answer = api.get(f"/session/{task.session_id}", headers=headers)
-            return task.session_id if answer.status_code == 200 else None
+            here = bring_session(api, headers, task.session_id, task.workspace, self.server.spec.state_dir, self.states)
+            return task.session_id if here else None
         answer = api.post("/session", headers=headers,
                           json={"title": f"Run {task.run_id}",
                                 "permission": session_rules(task.allow_webfetch, task.ask)})
@@ -233,9 +237,9 @@ class WarmRun:
         """Run the task by the cold path, in the state that holds its session; return how it ended."""
         log.warning("run %s on the cold path: %s", task.run_id, why)
         on_event(RunEvent(EventKind.STEP, name="cold-fallback", text=why))
-        if task.session_id and not _holds(task.state_dir, task.session_id):
-            holder = next((d for d in sorted(self.states.glob("server-*")) if _holds(d, task.session_id)), None)
-            if holder is not None:  # a warm session: continue it where it lives
+        if task.session_id:  # continue the session where its newest copy lives (a server's state, say)
+            holder, _ = freshest_holder(self.states, task.session_id)
+            if holder is not None and holder != task.state_dir:
                 task = replace(task, state_dir=holder)
         return self.cold.run(task, on_event, cancel)
 

@@ -35,16 +35,33 @@ JOB_TIMEOUT_S = 60
 EngineFactory = Callable[..., tuple[Engine, RecordingPort]]
 
 
+#: What the test manifests lay over the repo's: the cold agent, so a test that does not test
+#: the warm server starts no `opencode serve` (~8 s and ~300 MB each on 2 cores). Tests of the
+#: warm mode ask for it (`agent: {mode: warm}`).
+TEST_DEFAULTS: dict[str, dict[str, Any]] = {"agent": {"mode": "cold"}}
+
+
 def make_settings(tmp_path: Path, **env: str) -> Settings:
-    """Return settings for a throw-away data dir with the repo's manifest."""
-    base = {"BOT_DATA_DIR": str(tmp_path / "data"), "BOT_MANIFEST": str(REPO / "manifest.yml")}
+    """Return settings for a throw-away data dir with the repo's manifest (cold agent: TEST_DEFAULTS)."""
+    base = {"BOT_DATA_DIR": str(tmp_path / "data"), "BOT_MANIFEST": str(manifest_for_tests(tmp_path))}
     return Settings.from_env({**base, **env})
 
 
+def manifest_for_tests(folder: Path) -> Path:
+    """Write the repo's manifest with TEST_DEFAULTS laid over it (once per folder); return its path."""
+    path = folder / "manifest.test.yml"
+    if not path.exists():
+        data = yaml.safe_load((REPO / "manifest.yml").read_text())
+        for section, values in TEST_DEFAULTS.items():
+            data.setdefault(section, {}).update(values)
+        path.write_text(yaml.safe_dump(data))
+    return path
+
+
 def write_manifest(folder: Path, overrides: dict[str, dict[str, Any]]) -> Path:
-    """Write the repo's manifest with some sections' keys replaced; return its path."""
+    """Write the repo's manifest with TEST_DEFAULTS and then some sections' keys replaced; return its path."""
     data = yaml.safe_load((REPO / "manifest.yml").read_text())
-    for section, values in overrides.items():
+    for section, values in [*TEST_DEFAULTS.items(), *overrides.items()]:
         data.setdefault(section, {}).update(values)
     path = folder / "manifest.yml"
     path.write_text(yaml.safe_dump(data))
@@ -109,7 +126,7 @@ def rows(engine: Engine, sql: str, *args: Any) -> list[tuple]:
 def bot_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """Return an environment for running `python -m bot` in a subprocess on throw-away state."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DISCORD_", "ANTHROPIC_"))}
-    env.update({"BOT_DATA_DIR": str(tmp_path / "data"), "BOT_MANIFEST": str(REPO / "manifest.yml"),
+    env.update({"BOT_DATA_DIR": str(tmp_path / "data"), "BOT_MANIFEST": str(manifest_for_tests(tmp_path)),
                 "PYTHONPATH": str(REPO)})
     env.update(extra)
     return env

@@ -26,7 +26,9 @@ def agent_settings(tmp_path: Path, model: FakeOpenAIServer, manifest_extra: str 
     config = tmp_path / "opencode.json"
     model.write_opencode_config(config)
     manifest = tmp_path / "manifest.yml"
-    manifest.write_text((REPO / "manifest.yml").read_text() + manifest_extra)
+    # The cold agent unless the test asks for the warm one (tests/support/engines.TEST_DEFAULTS).
+    manifest.write_text((REPO / "manifest.yml").read_text().replace("\nagent:\n", "\nagent:\n  mode: cold\n", 1)
+                        + manifest_extra)
     base = {"BOT_MANIFEST": str(manifest), "OPENCODE_CONFIG": str(config), "PATH": os.environ.get("PATH", "")}
     return make_settings(tmp_path, **{**base, **env})
 

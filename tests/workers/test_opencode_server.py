@@ -27,9 +27,12 @@ def model():
 
 
 def warm_engine(make_engine: EngineBuilder, settings):
-    """Return an engine (and its port) whose opencode runs on the warm server."""
+    """Return an engine (and its port) whose opencode runs on the warm server, started and ready."""
     engine, view = make_engine(settings)
     engine.manifest.agent.mode = "warm"
+    engine.agents["opencode"].warm_up()  # as `chat`, `run` and every worker do at start
+    server = the_server()
+    wait_until(lambda: server.alive() and server.healthy(), 90, "the warm server to be ready")
     return engine, view
 
 
@@ -144,7 +147,7 @@ def test_a_dead_server_before_a_run_costs_the_conversation_nothing(tmp_path: Pat
 def test_mode_cold_never_starts_a_server(tmp_path: Path, model, make_engine: EngineBuilder) -> None:
     model.script(Turn.text("cold answer"))
     engine, view = make_engine(agent_settings(tmp_path, model))
-    assert engine.manifest.agent.mode == "cold"  # the default, for now
+    engine.manifest.agent.mode = "cold"  # selectable; the test manifests pin it (tests/support/engines.py)
     ask(engine, "/agent answer")
     engine.queue.wait(timeout=120)
     assert runs_of(engine)[0].state == RunState.DONE

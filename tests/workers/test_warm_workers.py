@@ -1,0 +1,191 @@
+"""Warm opencode across real RQ worker processes on a real redis-server, and a hung server.
+
+Each `python -m bot worker` starts its own `opencode serve` in the background; the scripted
+model on 127.0.0.1 sees every request, so a test can tell whether a follow-up carried the
+conversation's history.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from bot.db.repositories import Conversations, Runs
+from bot.types import Message, RunState, ThreadRef
+from plugins.agents.opencode_server import running_servers, serving_pid, stop_all
+from plugins.agents.opencode_sessions import session_seq
+from tests.fakes.openai_server import FakeOpenAIServer, Turn
+from tests.support.engines import REPO, EngineBuilder
+from tests.support.engines import WHERE as IN_PROCESS
+from tests.workers.agent_support import agent_settings, processes_with, requires_opencode, wait_until
+
+pytestmark = requires_opencode
+
+WHERE = ThreadRef("console", "local", "warm-workers")
+#: Seconds a worker's server gets to become ready on 2 busy cores (~5-9 s measured).
+SERVER_READY_S = 90
+#: Seconds one agent run through a worker gets.
+RUN_S = 180
+
+
+@pytest.fixture
+def model() -> Iterator[FakeOpenAIServer]:
+    server = FakeOpenAIServer().start()
+    yield server
+    server.stop()
+    stop_all()
+
+
+def warm_settings(tmp_path: Path, model: FakeOpenAIServer, **env: str):
+    settings = agent_settings(tmp_path, model, **env)
+    manifest = Path(settings.manifest_path)
+    manifest.write_text(manifest.read_text().replace("  mode: cold\n", "  mode: warm\n", 1))
+    return settings
+
+
+def start_worker(settings, name: str) -> subprocess.Popen[str]:
+    env = {**os.environ, **{k: v for k, v in settings.env.items() if v}, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "bot", "worker", "--name", name], env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+
+
+def server_state(tmp_path: Path, worker: subprocess.Popen[str]) -> Path:
+    return tmp_path / "data" / "agent-state" / f"server-{worker.pid}"
+
+
+def server_processes(state: Path) -> list[int]:
+    """Return the pids of every process running in a server's state dir (the server and its wrapper)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if Path(os.readlink(entry / "cwd")) == state:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def wait_for_server(tmp_path: Path, worker: subprocess.Popen[str]) -> Path:
+    state = server_state(tmp_path, worker)
+    log = state / "serve.log"
+    wait_until(lambda: log.is_file() and "listening on" in log.read_text(), SERVER_READY_S,
+               "the worker's opencode server to listen")
+    return state
+
+
+def stop_worker(worker: subprocess.Popen[str]) -> int:
+    """SIGTERM the worker as a process manager would (its own pid only); return its exit status."""
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            return worker.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            return worker.wait(10)
+    return worker.returncode
+
+
+def ask_and_wait(engine, text_: str, n: int):
+    engine.dispatch(Message(where=WHERE, text=text_, user_id="U1", user_name="ana"))
+
+    def ended():
+        with engine.db.reading() as session:
+            conversation = Conversations(session).find(WHERE)
+            runs = Runs(session).in_conversation(conversation.id) if conversation else []
+        done = len(runs) >= n and runs[n - 1].state in (RunState.DONE, RunState.FAILED, RunState.CANCELLED)
+        return runs[n - 1] if done else None
+
+    return wait_until(ended, RUN_S, f"run {n} to end")
+
+
+def replies(engine) -> list[str]:
+    with engine.db.reading() as session:
+        return list(session.execute(text("select text from messages where role = 'assistant' order by id")).scalars())
+
+
+def wait_for_reply(engine, answer: str) -> None:
+    """Wait until the thread shows the agent's answer (posted just after the run is marked done)."""
+    wait_until(lambda: answer in replies(engine), 30, f"the reply {answer!r} in the thread")
+
+
+def cold_fallbacks(engine, run_id: int) -> list[str]:
+    with engine.db.reading() as session:
+        return [e.text for e in Runs(session).events(run_id) if e.name == "cold-fallback"]
+
+
+def test_a_follow_up_continues_the_session_on_whichever_worker_takes_it(tmp_path: Path, model, redis_url: str,
+                                                                         make_engine: EngineBuilder) -> None:
+    model.script(Turn.bash("echo one > one.txt"), Turn.text("Wrote one.txt."),
+                 Turn.text("FIRST FOLLOW-UP on the same worker."),
+                 Turn.text("SECOND FOLLOW-UP on the other worker."))
+    settings = warm_settings(tmp_path, model, REDIS_URL=redis_url)
+    first = start_worker(settings, "warm-a")
+    second = None
+    engine, _ = make_engine(settings)  # jobs go to Redis, for the worker processes
+    try:
+        state_a = wait_for_server(tmp_path, first)
+        run1 = ask_and_wait(engine, "/agent write one.txt", 1)
+        assert run1.state == RunState.DONE, run1.error
+        run2 = ask_and_wait(engine, "/agent what is in the folder?", 2)
+        assert run2.state == RunState.DONE, run2.error
+        assert run2.session_id == run1.session_id and session_seq(state_a, run1.session_id) >= 0
+        assert cold_fallbacks(engine, run1.id) == [] and cold_fallbacks(engine, run2.id) == []
+        wait_for_reply(engine, "FIRST FOLLOW-UP on the same worker.")
+
+        # The first worker stops (SIGTERM): its server goes with it, nothing of it is left.
+        assert server_processes(state_a)
+        assert stop_worker(first) == 0
+        assert server_processes(state_a) == []
+
+        second = start_worker(settings, "warm-b")
+        wait_for_server(tmp_path, second)
+        run3 = ask_and_wait(engine, "/agent and now?", 3)
+    finally:
+        stop_worker(first)
+        if second is not None:
+            stop_worker(second)
+    assert run3.state == RunState.DONE, run3.error
+    assert run3.session_id == run1.session_id
+    assert cold_fallbacks(engine, run3.id) == []  # carried over to the second worker's server, not cold
+    assert session_seq(server_state(tmp_path, second), run1.session_id) >= 0
+    # The model got the whole conversation in the follow-up the second worker ran.
+    history = json.dumps(model.scripted_requests[-1]["messages"])
+    for said in ("write one.txt", "echo one", "Wrote one.txt.", "what is in the folder?",
+                 "FIRST FOLLOW-UP on the same worker.", "and now?"):
+        assert said in history, said
+    wait_for_reply(engine, "SECOND FOLLOW-UP on the other worker.")
+    assert server_processes(server_state(tmp_path, second)) == []
+
+
+def test_a_hung_server_is_restarted_and_the_run_completes_by_the_fallback(tmp_path: Path, model,
+                                                                         make_engine: EngineBuilder) -> None:
+    marker = f"sleep 3{os.getpid() % 10}"
+    model.script(Turn.bash(marker, timeout_ms=600_000), Turn.text("Finished after the hang."))
+    engine, view = make_engine(warm_settings(tmp_path, model))
+    engine.agents["opencode"].warm_up()  # as the console bot does at start
+    (server,) = running_servers()
+    wait_until(lambda: server.alive() and server.healthy(), SERVER_READY_S, "the server to be ready")
+    engine.dispatch(Message(where=IN_PROCESS, text="/agent sleep a while", user_id="U1", user_name="ana"))
+    wait_until(lambda: processes_with(marker, starting=True), 60, "the agent's sleep to start")
+    hung_pid = serving_pid(server.pid)
+    os.kill(hung_pid, signal.SIGSTOP)  # alive, but answers nothing
+    engine.queue.wait(timeout=RUN_S)
+    with engine.db.reading() as session:
+        run = Runs(session).in_conversation(Conversations(session).find(IN_PROCESS).id)[0]
+    assert run.state == RunState.DONE, run.error
+    assert "Finished after the hang." in view.last(view.order[-1])
+    assert cold_fallbacks(engine, run.id)
+    # The watchdog replaced the hung server; the hung one and its command are gone.
+    wait_until(lambda: server.restarts >= 1 and server.alive() and server.healthy(), SERVER_READY_S, "a new server")
+    assert server.pid != hung_pid
+    wait_until(lambda: not Path(f"/proc/{hung_pid}").exists(), 10, "the hung server to be gone")
+    assert not processes_with(marker)
