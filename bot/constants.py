@@ -32,6 +32,15 @@ DISCORD_DEFAULT_FILE_LIMIT = 10 * 1024 * 1024
 #: whole into memory to hash, redact and store it.
 RUN_MAX_FILE_MB = 100
 
+#: Seconds between a running RQ job's heartbeats (RQ's `job_monitoring_interval`; its default, 30 s,
+#: would leave a job lost with its worker unnoticed for minutes).
+JOB_HEARTBEAT_S = 5
+#: A started job whose last heartbeat is older than this was lost with its worker.
+JOB_LOST_AFTER_S = 4 * JOB_HEARTBEAT_S
+#: Unanswered messages older than this are not answered any more when their job was lost (the
+#: thread has moved on); younger ones are handled again (`workers.reaper`).
+LOST_MESSAGE_HORIZON_S = 3600
+
 #: A post or upload the platform answered 429 is tried again after its Retry-After, at most
 #: this many times (Slack's 429s carry Retry-After of a few seconds: chat.postMessage docs).
 RATE_LIMIT_RETRIES = 5

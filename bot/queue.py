@@ -12,10 +12,12 @@ import queue as stdlib_queue
 import threading
 import time
 from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from bot import constants, logs
 from bot.errors import QueueUnavailable
+from bot.types import as_utc
 
 log = logging.getLogger(__name__)
 #: Seconds of one blocking wait for a job's result; below redis-py's 5 s socket timeout.
@@ -49,6 +51,10 @@ class JobQueue(Protocol):
 
     def listening_workers(self) -> int | None:
         """Return how many workers take this queue's jobs (None: this process runs them)."""
+        ...
+
+    def in_flight(self, job_id: str) -> bool:
+        """Return whether the job is waiting or running somewhere alive (False: done, failed or lost)."""
         ...
 
 
@@ -93,6 +99,10 @@ class InProcessQueue:
 
     def listening_workers(self) -> int | None:
         return None
+
+    def in_flight(self, job_id: str) -> bool:
+        with self._done:
+            return job_id in self._pending
 
     def close(self, timeout: float = SHUTDOWN_TIMEOUT_S) -> None:
         """Finish the jobs already taken, then stop the threads (waiting at most `timeout`)."""
@@ -161,6 +171,23 @@ class RedisQueue:
                 if time.monotonic() >= deadline:
                     return False
         return True
+
+    def in_flight(self, job_id: str) -> bool:
+        """Return whether the job waits in the queue, or runs with a recent heartbeat (`JOB_LOST_AFTER_S`)."""
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job, JobStatus
+
+        try:
+            job = Job.fetch(job_id, connection=self.connection)
+        except NoSuchJobError:
+            return False
+        status = job.get_status(refresh=False)
+        if status in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
+            return True
+        if status != JobStatus.STARTED:
+            return False
+        beat = job.last_heartbeat or job.started_at
+        return beat is not None and (datetime.now(timezone.utc) - as_utc(beat)).total_seconds() < constants.JOB_LOST_AFTER_S
 
     def listening_workers(self) -> int | None:
         """Return how many RQ workers are registered on this queue (0: the jobs will wait)."""

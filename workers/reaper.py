@@ -5,8 +5,10 @@ process (and the console bot) runs a reaper thread; a run whose heartbeat is old
 `agent.stale_after_seconds` is marked failed and its status message says why (with
 `agent.retry_lost_runs`, its first attempt is queued once more instead). Runs left
 queued with nothing running in their conversation (their job was lost with a worker) are
-enqueued again; the claim in `bot.runs` keeps that from starting anything twice. Every state
-change goes through `bot.runs`, as the job's and `/cancel`'s do.
+enqueued again; the claim in `bot.runs` keeps that from starting anything twice. Messages whose
+job was lost (a worker killed mid-job, a bot stopped between storing a message and queueing
+it) are handled again once (`requeue_lost_messages`). Every state change goes through
+`bot.runs`, as the job's and `/cancel`'s do.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ import threading
 from datetime import timedelta
 
 from bot import constants
-from bot.db.repositories import Runs
-from bot.engine import Engine
+from bot.db.repositories import Conversations, Messages, Runs
+from bot.engine import HANDLE_MESSAGE_JOB, Engine
 from bot.runs import finish_run, kick_next, retry_lost
-from bot.types import RunState, as_utc, utcnow
+from bot.types import Message, RunState, as_utc, utcnow
 
 log = logging.getLogger(__name__)
+
+#: What a thread is told when its message was lost twice (its job and the job handling it again).
+LOST_TWICE = "Sorry, I lost this message twice while restarting and did not answer it; please send it again."
 
 
 def reap(engine: Engine) -> list[int]:
@@ -47,7 +52,47 @@ def reap(engine: Engine) -> list[int]:
         kick_next(engine, run.conversation_id)
     for conversation_id in waiting:
         kick_next(engine, conversation_id, requeue=True)
+    requeue_lost_messages(engine)
     return failed
+
+
+def requeue_lost_messages(engine: Engine) -> list[int]:
+    """Handle again the messages whose job was lost with a worker or a restart; return their ids.
+
+    A message routed to a job (a direct answer, the agent) that has no reply and no run, whose
+    job is neither waiting nor running with a recent heartbeat, is enqueued once more under a
+    second job id; if that one was lost too, the thread is told. The job itself does nothing
+    for a message answered meanwhile, and starts at most one run per message.
+    """
+    now = utcnow()
+    grace = max(engine.manifest.agent.stale_after_seconds, constants.JOB_LOST_AFTER_S)
+    with engine.db.reading() as session:
+        lost = Messages(session).unanswered(now - timedelta(seconds=constants.LOST_MESSAGE_HORIZON_S),
+                                            now - timedelta(seconds=grace))
+    handled = []
+    for message_id in lost:
+        first, again = f"message-{message_id}", f"message-{message_id}-again"
+        if engine.queue.in_flight(first) or engine.queue.in_flight(again):
+            continue
+        with engine.db.reading() as session:
+            messages = Messages(session)
+            stored = messages.decision(message_id)
+            if stored is None or messages.answered(message_id):
+                continue
+            entry, conversation_id, user_id = messages.get(message_id)
+            conversation = Conversations(session).get(conversation_id)
+        message = Message(where=conversation.where, text=entry.text, user_id=user_id, user_name=entry.author)
+        decision = engine.hook.route_message(message=message, conversation=conversation, engine=engine)
+        text = decision.text if decision.text is not None and decision.route == stored.route else entry.text
+        timeout = engine.agent_job_timeout if stored.route.value == "agent" else constants.CHAT_JOB_TIMEOUT_S
+        if engine.queue.enqueue(HANDLE_MESSAGE_JOB, message_id, stored.route.value, text, decision.tentative,
+                                job_id=again, timeout=timeout):
+            log.warning("message %s: its job was lost; handling it again", message_id)
+        else:
+            log.warning("message %s: lost twice; telling its thread", message_id)
+            engine.say(conversation, LOST_TWICE, reply_to=message_id)
+        handled.append(message_id)
+    return handled
 
 
 class Reaper:

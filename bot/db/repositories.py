@@ -224,6 +224,20 @@ class Messages:
     def __init__(self, session: Session) -> None:
         self.s = session
 
+    def unanswered(self, after: datetime, before: datetime) -> list[int]:
+        """Return the ids of messages routed to a job (a direct answer or the agent) between `after` and
+        `before` that have no reply and no run: their job never finished, or was lost."""
+        reply = MessageRow.__table__.alias("reply")
+        rows = self.s.execute(
+            select(MessageRow.id)
+            .join(RouteDecisionRow, RouteDecisionRow.message_id == MessageRow.id)
+            .where(MessageRow.role == "user", RouteDecisionRow.route.in_(("direct", "agent")),
+                   MessageRow.created_at > after, MessageRow.created_at < before,
+                   ~select(reply.c.id).where(reply.c.reply_to_id == MessageRow.id).exists(),
+                   ~select(AgentRunRow.id).where(AgentRunRow.request_message_id == MessageRow.id).exists())
+            .order_by(MessageRow.id))
+        return [row[0] for row in rows]
+
     def answered(self, message_id: int) -> bool:
         """Return whether the bot has already replied to this message."""
         return self.s.scalar(select(MessageRow.id).where(MessageRow.reply_to_id == message_id).limit(1)) is not None

@@ -1,4 +1,5 @@
-"""Durable work: a run lost with its worker is tried once more when `agent.retry_lost_runs` is on.
+"""Durable work: a run lost with its worker is tried once more when `agent.retry_lost_runs` is on,
+and a question whose worker died mid-answer is answered once by another worker.
 
 A real `python -m bot worker` on a real Redis runs the real opencode; the test SIGKILLs the
 work-horse and its worker in the middle of the run. A second worker's reaper notices the run's
@@ -19,9 +20,10 @@ from sqlalchemy import text
 from bot.db.repositories import Runs
 from bot.types import Message, RunState, ThreadRef
 from tests.adapters.test_slack import CHANNEL
+from tests.fakes.anthropic_server import FakeAnthropicServer
 from tests.fakes.openai_server import Turn
 from tests.fakes.slack_server import FakeSlackServer
-from tests.support.engines import EngineBuilder
+from tests.support.engines import EngineBuilder, make_settings
 from tests.workers.agent_support import agent_settings, processes_with, requires_opencode, wait_until
 from tests.workers.test_agent_runs_redis import model, start_worker, stop  # noqa: F401 (a fixture)
 
@@ -72,3 +74,30 @@ def test_a_run_lost_with_its_worker_is_retried_once_and_finishes(tmp_path: Path,
     notes = [version.text for version in status.versions]
     assert any("The worker running it stopped" in note and "Trying again (attempt 2)" in note for note in notes)
     assert "done" in notes[-1]
+
+
+def test_a_question_whose_worker_died_mid_answer_is_answered_once_by_another(
+        tmp_path: Path, redis_url: str, make_engine: EngineBuilder, anthropic_server: FakeAnthropicServer) -> None:
+    anthropic_server.script.hang(120).text("A monad is a way to chain computations.")
+    with FakeSlackServer() as slack:
+        settings = make_settings(tmp_path, REDIS_URL=redis_url, SLACK_BOT_TOKEN=slack.bot_token,
+                                 SLACK_API_URL=slack.api_url.rstrip("/"), **anthropic_server.env())
+        doomed = start_worker(settings, "doomed-worker")
+        engine, _ = make_engine(settings)
+        rescuer = None
+        try:
+            where = ThreadRef("slack", CHANNEL, "1700000000.000200")
+            engine.dispatch(Message(where=where, text="/ask what is a monad?", user_id="U1", user_name="ana"))
+            wait_until(lambda: anthropic_server.message_requests, 60, "the worker to ask the model")
+            os.killpg(doomed.pid, signal.SIGKILL)  # the worker and its work-horse, mid-answer
+            doomed.wait(10)
+            rescuer = start_worker(settings, "rescuer-worker")
+            answers = wait_until(lambda: [m for m in slack.messages_in_thread(CHANNEL, where.thread)
+                                          if m.text == "A monad is a way to chain computations."], 120,
+                                 "another worker to answer the question")
+        finally:
+            stop(doomed)
+            if rescuer:
+                stop(rescuer)
+    assert len(answers) == 1
+    assert len(anthropic_server.message_requests) == 2  # the lost try, and the one that answered
