@@ -78,12 +78,22 @@ def bot_posts(server: FakeSlackServer, thread_ts: str, count: int, timeout: floa
     return posts()
 
 
+def answer_requests(server: FakeAnthropicServer) -> list[dict[str, Any]]:
+    """Return the requests for answers (not the router's classifications, which force a tool)."""
+    return [body for body in server.bodies if not body.get("tools")]
+
+
 def model_was_given(server: FakeAnthropicServer, answers: int) -> str:
     """Return everything the model was sent for the `answers`-th answer of the test, as one text."""
     deadline = time.monotonic() + 10
-    while len(server.bodies) < answers and time.monotonic() < deadline:
+    while len(answer_requests(server)) < answers and time.monotonic() < deadline:
         time.sleep(0.02)  # the request is recorded once its stream is done
-    return json.dumps(server.bodies[answers - 1], ensure_ascii=False)
+    return json.dumps(answer_requests(server)[answers - 1], ensure_ascii=False)
+
+
+def history_reads(server: FakeSlackServer) -> list[dict[str, Any]]:
+    """Return the conversations.replies calls that read a thread up to a message (what came before it)."""
+    return [call for call in server.calls_to("conversations.replies") if "latest" in call]
 
 
 def earlier_thread(server: FakeSlackServer) -> str:
@@ -107,13 +117,13 @@ def test_what_was_said_before_the_mention_reaches_the_model_and_is_read_once(
     assert "release-7 branch" in given and "eu-west-3" in given
     assert OLD_BOT_REPLY not in given  # the bot's own posts are not someone's words
     assert given.index("release-7") < given.index("eu-west-3") < given.index("which branch does billing")
-    (call,) = slack_server.calls_to("conversations.replies")
+    (call,) = history_reads(slack_server)
     assert (call["ts"], call["latest"]) == (thread, asked)  # only what came before the mention
 
     mention(slack_server, "/ask and where does its canary run?", thread_ts=thread)
     bot_posts(slack_server, thread, 2)
     assert "eu-west-3" in model_was_given(anthropic_server, 2)
-    assert len(slack_server.calls_to("conversations.replies")) == 1  # read once per thread
+    assert len(history_reads(slack_server)) == 1  # read once per thread
 
 
 def test_a_long_thread_is_read_page_by_page(slack: SlackAdapter, slack_server: FakeSlackServer,
@@ -128,7 +138,7 @@ def test_a_long_thread_is_read_page_by_page(slack: SlackAdapter, slack_server: F
 
     given = model_was_given(anthropic_server, 1)
     assert all(f"migration-{step}" in given for step in range(1, 5)) and "freeze the schema" in given
-    calls = slack_server.calls_to("conversations.replies")
+    calls = history_reads(slack_server)
     assert [call.get("cursor") for call in calls] == [None, "2", "4"]
 
 
@@ -143,7 +153,7 @@ def test_a_missing_scope_costs_no_answer_and_is_not_asked_again(
     slack_server.refuse("conversations.replies", None)
     mention(slack_server, "/ask and the canary?", thread_ts=thread)
     bot_posts(slack_server, thread, 2)
-    assert len(slack_server.calls_to("conversations.replies")) == 1  # refused for good: not asked again
+    assert len(history_reads(slack_server)) == 1  # refused for good: not asked again
 
 
 def test_a_passing_failure_is_tried_again_with_the_next_message(
@@ -156,7 +166,7 @@ def test_a_passing_failure_is_tried_again_with_the_next_message(
     slack_server.refuse("conversations.replies", None)
     mention(slack_server, "/ask and where does the canary run?", thread_ts=thread)
     bot_posts(slack_server, thread, 2)
-    assert len(slack_server.calls_to("conversations.replies")) == 2
+    assert len(history_reads(slack_server)) == 2
     assert "eu-west-3" in model_was_given(anthropic_server, 2)
 
 
@@ -183,7 +193,7 @@ def test_a_decision_is_proposed_and_kept_only_when_someone_allowed_reacts(
     asked = mention(slack_server, "/ask ok, we decided staging runs on Thursdays. What else goes in the checklist?")
     answer, proposal = bot_posts(slack_server, asked, 2)
     assert proposal.thread_ts == asked
-    assert slack_server.calls_to("conversations.replies") == []  # the mention started the thread: nothing before
+    assert history_reads(slack_server) == []  # the mention started the thread: nothing before
     assert proposal.text == "Remember that staging runs on Thursdays? React ✅ to keep it for this channel."
     assert "Staging runs on Thursdays" not in memories_listing(slack_server)  # not kept yet
     other = mention(slack_server, "/ask when does staging run?")
