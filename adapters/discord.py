@@ -264,6 +264,8 @@ class DiscordBot:
         me = self.client.user
         if self._closing or me is None or payload.user_id == me.id:
             return
+        if payload.message_author_id not in (None, me.id):
+            return  # a reaction to someone else's message: every one in the bot's channels comes by
         member = payload.member
         if member is not None and member.bot:
             return

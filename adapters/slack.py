@@ -170,10 +170,11 @@ class SlackAdapter:
         item, user = event.get("item") or {}, event.get("user")
         if item.get("type") != "message" or not user or user == context.bot_user_id:
             return
+        if context.bot_user_id and event.get("item_user") not in (None, context.bot_user_id):
+            return  # a reaction to someone else's message: every one in the bot's channels comes by
         try:
             if not self._first_delivery(body["event_id"]):
                 return
-            # No users.info here: every reaction in the bot's channels comes by, and few matter.
             reaction = Reaction(PLATFORM, str(item["channel"]), str(item["ts"]), user, str(event.get("reaction", "")))
             self.engine.hook.reaction_added(reaction=reaction, engine=self.engine)
         except Exception:  # boundary: one incoming event

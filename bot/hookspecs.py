@@ -135,7 +135,7 @@ def remember(message: Message, conversation: Conversation, reply: str, engine: E
 
 @hookspec
 def reaction_added(reaction: Reaction, engine: EngineAPI) -> None:
-    """Return nothing; act on a reaction a person added to a message in a channel the bot is in.
+    """Return nothing; act on a reaction a person added to a message the bot posted.
 
     Called by the adapter after the platform has its acknowledgement, once per reaction; it
     may read and write the database and post a short reply, nothing slower.
