@@ -194,10 +194,13 @@ class WarmRun:
                         errors.append(event.text)
                     on_event(event)
                     talk.saw(event)
-            if translator.idle and (reason or self._ended(api, session_id, headers, before) is not None):
+            if translator.idle and (reason or self._ended(api, session_id, headers, before,
+                                                          stopped=bool(talk.rejected)) is not None):
                 break
         messages = self._messages(api, session_id, headers)[before:]
         final = _final_text(messages)
+        if not final and talk.rejected:  # opencode ends the turn when a person rejects a tool call
+            final = f"The agent stopped: {talk.rejected[-1]} was rejected."
         if reason == "timeout":
             return AgentOutcome(session_id, final, timed_out=True, error=f"timed out after {task.timeout_s:g} s")
         if reason == "cancel":
@@ -205,14 +208,19 @@ class WarmRun:
         error = _message_error(messages) or (errors[-1] if errors else "")
         return AgentOutcome(session_id, final, error=error)
 
-    def _ended(self, api: httpx.Client, session_id: str, headers: dict[str, str], before: int) -> list[Any] | None:
-        """Return the run's messages if its last assistant message is complete, else None."""
+    def _ended(self, api: httpx.Client, session_id: str, headers: dict[str, str], before: int, *,
+               stopped: bool = False) -> list[Any] | None:
+        """Return the run's messages if its last assistant message is complete, else None.
+
+        With `stopped` (a tool call was rejected: opencode ends the turn on it), a message that
+        ended on tool calls counts as complete too.
+        """
         messages = self._messages(api, session_id, headers)[before:]
         if not messages:
             return None
         info = messages[-1].get("info") or {}
         complete = info.get("role") == "assistant" and (info.get("time") or {}).get("completed")
-        if complete and (info.get("finish") != "tool-calls" or info.get("error")):
+        if complete and (info.get("finish") != "tool-calls" or info.get("error") or stopped):
             return messages
         return None
 
@@ -257,6 +265,8 @@ class _Talk:
         self.headers = directory_header(task.workspace)
         #: Requests asked and not answered yet, with when they were asked.
         self.waiting: dict[str, tuple[ApprovalRequest, float]] = {}
+        #: What was rejected (a person or the timeout), in order.
+        self.rejected: list[str] = []
 
     def saw(self, event: RunEvent) -> None:
         """Note an approval request the session just asked."""
@@ -300,6 +310,8 @@ class _Talk:
         answer = self.api.post(f"/permission/{request_id}/reply", headers=self.headers, json={"reply": reply})
         if answer.status_code >= 400:
             log.warning("run %s: opencode refused the answer to %s: %s", self.task.run_id, request_id, answer.text)
+        if reply == approvals.REJECT:
+            self.rejected.append(waiting[0].label.removeprefix("approval: "))
         self.on_event(approvals.answered_event(waiting[0], reply, who))
 
 
