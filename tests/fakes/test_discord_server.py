@@ -257,3 +257,42 @@ def test_interaction_answered_after_the_deadline_is_unknown(discord_server: Fake
 
     assert isinstance(errors[0], discord.NotFound) and errors[0].code == 10062
     assert server.interaction_responses == [] and contents(server, server.channel_id) == []
+
+
+def test_reactions_reach_only_clients_with_the_reactions_intent(discord_server: FakeDiscordServer) -> None:
+    server = discord_server
+    seen: dict[str, list[str]] = {"with": [], "without": []}
+    clients = {}
+    for name, reactions in (("with", True), ("without", False)):
+        intents = discord.Intents.default()
+        intents.guild_reactions = intents.dm_reactions = reactions
+        client = discord.Client(intents=intents, guild_ready_timeout=GUILD_READY_TIMEOUT)
+
+        async def on_raw_reaction_add(payload: discord.RawReactionActionEvent, name: str = name) -> None:
+            seen[name].append(f"{payload.user_id}:{payload.emoji}:{payload.message_author_id}")
+
+        client.event(on_raw_reaction_add)
+        clients[name] = client
+    message = server.add_thread_message(server.channel_id, "react to me")
+    with ClientThread(clients["with"], server.token), ClientThread(clients["without"], server.token):
+        server.send_reaction_add(server.channel_id, message.id)
+        eventually(lambda: seen["with"])
+        time.sleep(0.2)
+    assert seen == {"with": [f"{server.human['id']}:✅:{server.human['id']}"], "without": []}
+
+
+def test_history_pages_and_a_hidden_channel_is_403(discord_server: FakeDiscordServer) -> None:
+    server = discord_server
+    for n in range(5):
+        server.add_thread_message(server.channel_id, f"message {n}")
+    client = make_client()
+    with ClientThread(client, server.token) as running:
+        channel = client.get_partial_messageable(int(server.channel_id))
+
+        async def read(limit: int) -> list[str]:
+            return [m.content async for m in channel.history(limit=limit)]
+
+        assert running.run(read(3)) == ["message 4", "message 3", "message 2"]
+        server.history_hidden.add(server.channel_id)
+        with pytest.raises(discord.Forbidden):
+            running.run(read(3))

@@ -269,3 +269,27 @@ def test_signed_forged_and_stale_http_events(slack_server: FakeSlackServer) -> N
     slack_server.wait_for(lambda: slack_server.bot_messages(CHANNEL))
     assert [(m.text, m.thread_ts) for m in slack_server.bot_messages(CHANNEL)] == [
         ("hello over http", "1700000000.000100")]
+
+
+def test_replies_page_with_a_cursor_and_stop_at_latest(slack_server: FakeSlackServer,
+                                                       slack_client: WebClient) -> None:
+    parent = slack_server.add_thread_message("C1", "parent", user="U0BOB")
+    for n in range(4):
+        slack_server.add_thread_message("C1", f"reply {n}", user="U0BOB", thread_ts=parent.ts)
+    last = slack_server.add_thread_message("C1", "the mention", thread_ts=parent.ts)
+    texts, cursor = [], None
+    while True:
+        page = slack_client.conversations_replies(channel="C1", ts=parent.ts, limit=2, cursor=cursor,
+                                                  latest=last.ts, inclusive=False)
+        texts += [m["text"] for m in page["messages"]]
+        cursor = page["response_metadata"]["next_cursor"]
+        if not cursor:
+            assert page["has_more"] is False
+            break
+    assert texts == ["parent", "reply 0", "reply 1", "reply 2", "reply 3"]
+    assert len(slack_server.calls_to("conversations.replies")) == 3
+
+    slack_server.refuse("conversations.replies", "missing_scope")
+    with pytest.raises(SlackApiError) as refused:
+        slack_client.conversations_replies(channel="C1", ts=parent.ts)
+    assert refused.value.response["error"] == "missing_scope"
