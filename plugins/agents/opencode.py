@@ -47,9 +47,13 @@ NOT_INSTALLED = ("The opencode binary is not installed: run `npm install` in the
 VERSION_TIMEOUT_S = 20
 
 
-def permission_rules(allow_webfetch: bool) -> dict[str, Any]:
-    """Return the permission block laid over every run: nothing outside the workspace."""
-    return {
+def permission_rules(allow_webfetch: bool, ask: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
+    """Return the permission block laid over every run: nothing outside the workspace.
+
+    `ask` (agent.ask) becomes `ask` rules: `opencode run` has nobody to ask and rejects a call
+    that matches one by itself (PLATFORM_FACTS), so a cold run refuses what a warm one asks about.
+    """
+    rules: dict[str, Any] = {
         "edit": "allow",
         "bash": {"*": "allow"},
         "external_directory": "deny",
@@ -57,6 +61,10 @@ def permission_rules(allow_webfetch: bool) -> dict[str, Any]:
         # A question would wait for a person; `run` mode has none to ask.
         "question": "deny",
     }
+    for tool, pattern in ask:
+        current = rules.get(tool, "allow")
+        rules[tool] = {**(current if isinstance(current, dict) else {"*": current}), pattern: "ask"}
+    return rules
 
 
 class OpencodeAgent:
@@ -91,14 +99,14 @@ class OpencodeAgent:
     def _write_config(self, task: AgentTask) -> Path:
         task.state_dir.mkdir(parents=True, exist_ok=True)
         path = task.state_dir / "opencode.json"
-        path.write_text(agent_config(self.user_config, task.allow_webfetch), encoding="utf-8")
+        path.write_text(agent_config(self.user_config, task.allow_webfetch, task.ask), encoding="utf-8")
         return path
 
 
-def agent_config(user_config: Path | None, allow_webfetch: bool) -> str:
+def agent_config(user_config: Path | None, allow_webfetch: bool, ask: tuple[tuple[str, str], ...] = ()) -> str:
     """Return the opencode config a run (or the warm server) gets: the user's, the bot's rules over it."""
     config = read_user_config(str(user_config) if user_config else None)
-    config.update({"permission": permission_rules(allow_webfetch), "autoupdate": False, "share": "disabled"})
+    config.update({"permission": permission_rules(allow_webfetch, ask), "autoupdate": False, "share": "disabled"})
     return json.dumps(config, indent=2, sort_keys=True)
 
 
@@ -221,8 +229,8 @@ def _ask_check(manifest: Manifest) -> list[HealthCheck]:
     """Warn when agent.ask is set but runs cannot ask: `opencode run` rejects every `ask` rule by itself."""
     if not manifest.agent.ask or manifest.agent.mode == "warm":
         return []
-    return [HealthCheck("approvals", None, "agent.ask is set but agent.mode is cold: nobody is asked, and the rules "
-                        "are not applied", "set agent.mode: warm (approvals need the warm server)")]
+    return [HealthCheck("approvals", None, "agent.ask is set but agent.mode is cold: nobody can be asked, so matching "
+                        "tool calls are refused", "set agent.mode: warm (approvals need the warm server)")]
 
 
 def _binary_check(manifest: Manifest, settings: Settings) -> HealthCheck:

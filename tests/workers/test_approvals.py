@@ -13,6 +13,7 @@ from bot.db.repositories import Runs
 from bot.engine import Engine, set_current
 from bot.queue import InProcessQueue
 from bot.types import RunState
+from plugins.agents.opencode import check_health
 from plugins.agents.opencode_server import stop_all
 from tests.adapters.test_slack import CHANNEL, mention, replies, socket_adapter
 from tests.fakes.openai_server import FakeOpenAIServer, Turn
@@ -155,3 +156,18 @@ def _has(slack: FakeSlackServer, ts: str, count: int) -> bool:
     found = [m for m in slack.messages_in_thread(CHANNEL, ts)
              if m.bot_id and m.blocks and m.blocks[0].get("block_id") == "choice_text"]
     return len(found) >= count
+
+
+def test_in_cold_mode_matching_calls_are_refused_and_doctor_warns(tmp_path: Path, model,
+                                                                  make_engine: EngineBuilder) -> None:
+    model.script(Turn.bash("touch cold.txt"), Turn.text("It was refused."))
+    engine, view = make_engine(agent_settings(tmp_path, model))
+    engine.manifest.agent.mode = "cold"
+    engine.manifest.agent.ask = [{"bash": "touch *"}]
+    (warning,) = [check for check in check_health(engine.manifest, engine.settings, True) if check.name == "approvals"]
+    assert warning.ok is None and "refused" in warning.detail and "agent.mode: warm" in warning.fix
+    ask(engine, "/agent touch cold.txt")
+    assert engine.queue.wait(timeout=120)
+    assert not (tmp_path / "data" / "workspaces" / "1" / "cold.txt").exists()
+    assert not request_message(view)  # nobody is asked in cold mode
+    assert "✗ ran `touch cold.txt`" in view.last(view.order[0])
