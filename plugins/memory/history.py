@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 
 from bot.db.repositories import Conversations, Memories, Messages
-from bot.errors import DuplicateEvent, HistoryRefused
+from bot.errors import ConfigError, DuplicateEvent, HistoryRefused, RateLimited
 from bot.hookspecs import hookimpl
 from bot.memory import thread_scope
 from bot.types import Conversation, EngineAPI, MemoryItem, ThreadHistoryPort, ThreadMessage
@@ -39,7 +39,7 @@ def fetch_once(engine: EngineAPI, conversation: Conversation) -> int:
         return 0
     try:
         port = engine.port_for(conversation.where.platform)
-    except Exception:  # no port for this platform in this process: nothing to read from
+    except ConfigError:  # no port for this platform in this process: nothing to read from
         return 0
     if not isinstance(port, ThreadHistoryPort) or not _claim(engine, conversation.id):
         return 0
@@ -49,6 +49,11 @@ def fetch_once(engine: EngineAPI, conversation: Conversation) -> int:
     except HistoryRefused as exc:
         log.warning("thread %s: the platform will not show its earlier messages (%s); answering without them",
                     conversation.where, exc)
+        return 0
+    except RateLimited as exc:
+        log.warning("thread %s: the platform asks to wait (%s); its earlier messages are read with its next message",
+                    conversation.where, exc)
+        _release(engine, conversation.id)
         return 0
     except Exception:  # boundary: a platform failure must not cost the answer; the next message tries again
         log.exception("thread %s: reading its earlier messages failed; trying again with its next message",

@@ -156,14 +156,20 @@ def test_a_missing_scope_costs_no_answer_and_is_not_asked_again(
     assert len(history_reads(slack_server)) == 1  # refused for good: not asked again
 
 
+@pytest.mark.parametrize("failure", ["internal_error", "429"])
 def test_a_passing_failure_is_tried_again_with_the_next_message(
-        slack: SlackAdapter, slack_server: FakeSlackServer, anthropic_server: FakeAnthropicServer) -> None:
-    slack_server.refuse("conversations.replies", "internal_error")
+        slack: SlackAdapter, slack_server: FakeSlackServer, anthropic_server: FakeAnthropicServer, failure: str) -> None:
+    if failure == "429":
+        slack_server.rate_limit("conversations.replies", times=1_000, retry_after=30)
+    else:
+        slack_server.refuse("conversations.replies", failure)
     thread = earlier_thread(slack_server)
     mention(slack_server, "/ask which branch does billing deploy from?", thread_ts=thread)
-    bot_posts(slack_server, thread, 1)
+    (answer,) = bot_posts(slack_server, thread, 1)
+    assert "went wrong" not in answer.text and "release-7" not in model_was_given(anthropic_server, 1)
 
     slack_server.refuse("conversations.replies", None)
+    slack_server.rate_limit("conversations.replies", times=0)
     mention(slack_server, "/ask and where does the canary run?", thread_ts=thread)
     bot_posts(slack_server, thread, 2)
     assert len(history_reads(slack_server)) == 2
