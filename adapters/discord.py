@@ -32,6 +32,7 @@ import re
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timezone
 from typing import Any, Callable, TypeVar
 
 import aiohttp
@@ -39,9 +40,13 @@ import discord
 import discord.http
 from discord import app_commands
 
+from adapters.discord_catch_up import missed_messages, start_after
 from adapters.discord_format import CONTENT_LIMIT, CancelButton, thread_name
 from adapters.discord_manifest import PRIVILEGED_INTENTS, gateway_intents
 from adapters.discord_port import PLATFORM, DiscordPort, EventLoopThread, apply_url_overrides, client_options
+from bot import constants
+from bot.catch_up import SeenCursors
+from bot.db.cursors import ChannelCursors
 from bot.engine import SOMETHING_WENT_WRONG, Engine
 from bot.errors import ConfigError
 from bot.types import Message, Reaction, ThreadRef
@@ -119,6 +124,9 @@ class _GatewayEvents:
             log.warning("could not register the slash commands (%s); was the bot invited with the "
                         "applications.commands scope?", exc)
 
+    async def on_ready(self) -> None:
+        self.bot.on_ready()
+
     async def on_message(self, message: discord.Message) -> None:
         await self.bot.on_message(message)
 
@@ -172,6 +180,10 @@ class DiscordBot:
         self._executor = ThreadPoolExecutor(DISPATCH_THREADS, thread_name_prefix="discord-dispatch")
         self._running: Future[None] | None = None
         self._closing = False
+        #: The newest message seen per channel (a thread's count for its channel): `catch_up` reads what came since.
+        self.cursors = SeenCursors(engine.db, PLATFORM)
+        self._catch_up_task: asyncio.Task[None] | None = None
+        self._catch_up_wanted = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -206,6 +218,7 @@ class DiscordBot:
         if self._running is not None and not self.client.is_closed():
             self.loop.call(self.client.close(), timeout=10)
         self.loop.stop()
+        self.cursors.close()
 
     def __enter__(self) -> DiscordBot:
         return self.start()
@@ -224,21 +237,27 @@ class DiscordBot:
 
     async def on_message(self, message: discord.Message) -> None:
         """Answer a person's message where the bot takes part; ignore everything else."""
+        self.cursors.saw(self._cursor_channel(message.channel), str(message.id))  # answered or not, it was seen
+        await self._answer(message)
+
+    async def _answer(self, message: discord.Message) -> bool:
+        """Act on the message as live; return whether it was dispatched (False: ignored, or answered before)."""
         try:
-            await self._on_message(message)
+            return await self._on_message(message)
         except Exception:  # boundary: one incoming message
             log.exception("handling Discord message %s failed", message.id)
+            return False
 
-    async def _on_message(self, message: discord.Message) -> None:
+    async def _on_message(self, message: discord.Message) -> bool:
         me = self.client.user
         if self._closing or me is None or message.author.bot or message.author.id == me.id:
-            return
+            return False
         if message.type not in USER_MESSAGE_TYPES:
-            return
+            return False
         mentioned = self._mentions_me(message)
         text = self._clean_text(message)
         if not text:
-            return  # nothing to act on (or the message content intent is off)
+            return False  # nothing to act on (or the message content intent is off)
         channel = message.channel
         direct = message.guild is None
         where: ThreadRef | None
@@ -249,15 +268,76 @@ class DiscordBot:
         elif mentioned:
             where = None  # a thread is opened on the message once it is claimed
         else:
-            return
+            return False
         must_know = where is not None and not direct and not mentioned
         if not await self._in_thread_pool(self._admit, where, str(message.id), must_know):
-            return
+            return False
         if where is None:
             where = await self._open_thread(message, text)
         author = message.author
         await self._dispatch(Message(where=where, text=text, user_id=str(author.id), user_name=author.display_name,
                                      external_id=str(message.id), is_direct=direct, received_at=message.created_at))
+        return True
+
+    @staticmethod
+    def _cursor_channel(channel: Any) -> str:
+        """Return the channel a message counts for: a thread's parent, else the channel (a DM's included)."""
+        parent = getattr(channel, "parent_id", None) if isinstance(channel, discord.Thread) else None
+        return str(parent or channel.id)
+
+    # -- catch-up after downtime ------------------------------------------------------------------
+
+    def on_ready(self) -> None:
+        """Catch up in a task on the loop (every new session; a RESUMED one has Discord replay instead)."""
+        self._catch_up_wanted = True
+        if self._catch_up_task is None or self._catch_up_task.done():
+            self._catch_up_task = asyncio.get_running_loop().create_task(self._catch_up_while_wanted())
+
+    async def _catch_up_while_wanted(self) -> None:
+        while self._catch_up_wanted and not self._closing:
+            self._catch_up_wanted = False
+            try:
+                await self.catch_up()
+            except Exception:  # boundary: one catch-up; the next READY tries again
+                log.exception("discord: catching up on missed messages failed")
+
+    async def catch_up(self) -> int:
+        """Answer what was addressed to the bot since it last saw each channel, through the live path; return how many.
+
+        Per channel with a cursor: its messages and its active threads' since then (at most
+        `CATCH_UP_MAX_AGE_S` back, `CATCH_UP_MAX_MESSAGES` each), each handled as a live
+        MESSAGE_CREATE is; a message answered before is refused by its claimed id.
+        """
+        positions = await self._in_thread_pool(self.cursors.positions)
+        now = time.time()
+        answered = 0
+        for channel_id, cursor in sorted(positions.items()):
+            if self._closing:
+                break
+            after = start_after(cursor, now)
+            threads = await self._in_thread_pool(self._active_threads, channel_id, now)
+            try:
+                missed = await missed_messages(self.client, channel_id, after=after, threads=threads)
+            except discord.HTTPException as exc:
+                log.warning("discord: cannot read what channel %s said while I was away (%s %s); its missed "
+                            "messages stay unanswered (the bot needs Read Message History)", channel_id,
+                            exc.status, exc.text)
+                continue
+            count = 0
+            for message in missed.messages:
+                if self._closing:
+                    break
+                self.cursors.saw(channel_id, str(message.id))
+                count += await self._answer(message)
+            log.info("discord: channel %s had %d missed message(s) for me (%d read since %s%s)", channel_id, count,
+                     len(missed.messages), after, "; more were left unread" if missed.cut_off else "")
+            answered += count
+        return answered
+
+    def _active_threads(self, channel_id: str, now: float) -> list[tuple[str, str | None]]:
+        since = datetime.fromtimestamp(now - constants.CATCH_UP_MAX_AGE_S, timezone.utc)
+        with self.engine.db.reading() as session:
+            return ChannelCursors(session).active_threads(PLATFORM, channel_id, since, constants.CATCH_UP_MAX_THREADS)
 
     async def on_reaction(self, payload: discord.RawReactionActionEvent) -> None:
         """Hand a person's reaction to a message (a ✅ on a proposed memory) to the plugins."""

@@ -31,6 +31,7 @@ from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
+from adapters.slack_catch_up import missed_messages, start_after
 from adapters.slack_format import (
     CANCEL_ACTION_ID,
     CHOICE_ACTION_PREFIX,
@@ -50,6 +51,8 @@ from adapters.slack_port import (
     web_client,
 )
 from bot import constants, platforms
+from bot.catch_up import SeenCursors
+from bot.db.cursors import ChannelCursors
 from bot.engine import UNREADABLE, Engine
 from bot.errors import ConfigError, RateLimited
 from bot.types import Message, Reaction, Reply, ThreadRef
@@ -101,6 +104,12 @@ class SlackAdapter:
         self.http_server: WSGIServer | None = None
         self._names: dict[str, str] = {}
         self._names_lock = threading.Lock()
+        #: The newest message seen per channel: after downtime, `catch_up` reads what came since.
+        self.cursors = SeenCursors(engine.db, PLATFORM)
+        self._catch_up_lock = threading.Lock()
+        self._catch_up_thread: threading.Thread | None = None
+        self._catch_up_wanted = False
+        self._closing = False
 
     # -- connections --------------------------------------------------------------------------
 
@@ -108,7 +117,10 @@ class SlackAdapter:
         """Open the Socket Mode connection (SLACK_APP_TOKEN); events flow until `close`."""
         if not self.app_token:
             raise ConfigError("Socket Mode needs SLACK_APP_TOKEN (an app-level xapp- token with connections:write)")
+        self._closing = False
         self.handler = SocketModeHandler(self.app, app_token=self.app_token)
+        # Every connection, the first and each reconnect, opens with a hello: catch up then.
+        self.handler.client.message_listeners.append(self._on_socket_message)
         self.handler.connect()
 
     def listen(self, host: str, port: int) -> int:
@@ -123,10 +135,13 @@ class SlackAdapter:
         self.http_server = make_server(host, port, application, server_class=_ThreadingWSGIServer,
                                        handler_class=_QuietHandler)
         threading.Thread(target=self.http_server.serve_forever, name="slack-http", daemon=True).start()
+        self._closing = False
+        self.catch_up_in_background()
         return self.http_server.server_port
 
     def close(self) -> None:
-        """Close the Socket Mode connection or the HTTP server."""
+        """Close the Socket Mode connection or the HTTP server; stop catching up; write the cursors."""
+        self._closing = True
         if self.handler is not None:
             self.handler.close()
             self.handler = None
@@ -134,6 +149,10 @@ class SlackAdapter:
             self.http_server.shutdown()
             self.http_server.server_close()
             self.http_server = None
+        catching_up = self._catch_up_thread
+        if catching_up is not None:
+            catching_up.join(timeout=10)
+        self.cursors.close()
 
     def _health(self, start_response: Any) -> list[bytes]:
         if self.engine.healthy():
@@ -146,6 +165,8 @@ class SlackAdapter:
     # -- listeners (each runs after Slack has its ack) ---------------------------------------------
 
     def _on_event(self, body: dict[str, Any], event: dict[str, Any], context: Any) -> None:
+        if isinstance(event, dict):
+            self.cursors.saw(event.get("channel"), event.get("ts"))  # answered or not, it was seen
         try:
             message = self._message_from(event, context.bot_user_id)
             if message is None or not self._first_delivery(body["event_id"]):
@@ -223,6 +244,76 @@ class SlackAdapter:
         user = body["user"]["id"]
         self._dispatch(Message(where=ThreadRef(PLATFORM, channel, thread), text=line, user_id=user,
                                user_name=self._user_name(user), is_direct=channel.startswith("D")))
+
+    # -- catch-up after downtime ------------------------------------------------------------------
+
+    def _on_socket_message(self, client: Any, message: dict[str, Any], raw: str) -> None:
+        if message.get("type") == "hello":
+            self.catch_up_in_background()
+
+    def catch_up_in_background(self) -> None:
+        """Start `catch_up` in its own thread (or have the running one go round once more); return at once."""
+        with self._catch_up_lock:
+            self._catch_up_wanted = True
+            if self._catch_up_thread is not None:
+                return
+            self._catch_up_thread = threading.Thread(target=self._catch_up_while_wanted, name="slack-catch-up",
+                                                     daemon=True)
+            self._catch_up_thread.start()
+
+    def _catch_up_while_wanted(self) -> None:
+        while True:
+            with self._catch_up_lock:
+                if not self._catch_up_wanted or self._closing:
+                    self._catch_up_thread = None
+                    return
+                self._catch_up_wanted = False
+            try:
+                self.catch_up()
+            except Exception:  # boundary: one catch-up; the next connection tries again
+                log.exception("slack: catching up on missed messages failed")
+
+    def catch_up(self) -> int:
+        """Answer what was addressed to the bot since it last saw each channel, through the live path; return how many.
+
+        Per channel with a cursor: its messages and its active threads' replies since then (at
+        most `CATCH_UP_MAX_AGE_S` back, `CATCH_UP_MAX_MESSAGES` each), filtered as live events
+        are; a message answered before is refused by dispatch's dedupe.
+        """
+        bot_user_id = str(self.client.auth_test()["user_id"])
+        now = time.time()
+        active_since = datetime.fromtimestamp(now - constants.CATCH_UP_MAX_AGE_S, timezone.utc)
+        answered = 0
+        for channel, cursor in sorted(self.cursors.positions().items()):
+            if self._closing:
+                break
+            after = start_after(cursor, now)
+            with self.engine.db.reading() as session:
+                threads = ChannelCursors(session).active_threads(PLATFORM, channel, active_since,
+                                                                 constants.CATCH_UP_MAX_THREADS)
+            try:
+                missed = missed_messages(self.client, channel, after=after, threads=threads, bot_user_id=bot_user_id)
+            except (SlackApiError, RateLimited) as exc:
+                log.warning("slack: cannot read what %s said while I was away (%s); its missed messages stay "
+                            "unanswered (scopes channels:history, groups:history, im:history)", channel,
+                            error_code(exc) if isinstance(exc, SlackApiError) else exc)
+                continue
+            count = 0
+            for event in missed.events:
+                if self._closing:
+                    break
+                self.cursors.saw(channel, event["ts"])
+                try:
+                    message = self._message_from(event, bot_user_id)
+                except Exception:  # boundary: one missed message
+                    log.exception("slack: reading missed message %s in %s failed", event.get("ts"), channel)
+                    continue
+                dispatched = self.engine.receive(message) if message is not None else None
+                count += dispatched is not None and not dispatched.duplicate
+            log.info("slack: %s had %d missed message(s) for me (%d read since %s%s)", channel, count,
+                     len(missed.events), after, "; more were left unread" if missed.cut_off else "")
+            answered += count
+        return answered
 
     # -- from Slack to the engine -----------------------------------------------------------------
 

@@ -117,3 +117,18 @@ HISTORY_DEFAULT_ROWS = 20
 CONSOLE_DEFAULT_THREAD = "main"
 #: Console: how long `bot chat` waits at end of input for replies and runs still in progress.
 CONSOLE_DRAIN_TIMEOUT_S = 1_800
+
+#: The newest message seen per channel is written to the database at most this often (not per
+#: event, so dispatch gains no write); a crash loses at most this much, which catch-up re-reads.
+CURSOR_FLUSH_INTERVAL_S = 1.0
+#: After downtime, messages older than this are not answered (our choice: a day-old request
+#: answered out of the blue helps less than it confuses; the log still counts what was skipped).
+CATCH_UP_MAX_AGE_S = 24 * 3600
+#: ...and at most this many messages are read per channel and per thread, the newest kept: one
+#: conversations.history page (Slack recommends no more than 200) or two Discord pages of 100.
+CATCH_UP_MAX_MESSAGES = 200
+#: Threads per channel whose replies catch-up reads: the ones with the latest activity.
+CATCH_UP_MAX_THREADS = 50
+#: Catch-up reads from this long before a channel's cursor: events around a disconnect may
+#: arrive out of order, and a message read again is refused by the durable dedupe.
+CATCH_UP_OVERLAP_S = 10

@@ -59,6 +59,7 @@ def socket_adapter(engine: Engine, server: FakeSlackServer) -> Iterator[SlackAda
         assert adapter.handler is not None
         close_socket_mode(adapter.handler)  # the fixtures' quick close
         adapter.handler = None
+        adapter.close()  # the rest of a close: stop catching up, write the channels' cursors
 
 
 @pytest.fixture

@@ -457,11 +457,12 @@ class FakeSlackServer:
                 self._refusals[method] = error
 
     def add_thread_message(self, channel: str, text: str, *, user: str = DEFAULT_USER_ID,
-                           thread_ts: str | None = None, bot: bool = False) -> Message:
+                           thread_ts: str | None = None, bot: bool = False, ts: str | None = None) -> Message:
         """Store a message said earlier, without an event (one the bot was not told about).
 
-        With ``thread_ts`` it is a reply in that thread; ``bot=True`` posts it as this app."""
-        msg = Message(channel, self._new_ts(), text, thread_ts, user=None if bot else user,
+        With ``thread_ts`` it is a reply in that thread; ``bot=True`` posts it as this app;
+        ``ts`` backdates it (a new, current ts otherwise)."""
+        msg = Message(channel, ts or self._new_ts(), text, thread_ts, user=None if bot else user,
                       bot_id=self.bot_id if bot else None)
         self._record(messages=msg)
         return msg
@@ -896,12 +897,32 @@ class FakeSlackServer:
                 "response_metadata": {"next_cursor": str(start + limit) if more else ""}}
 
     def _conversations_history(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Top-level messages (and thread broadcasts), newest first, between ``oldest`` and ``latest``
+        (exclusive unless ``inclusive``), a page of ``limit`` at a time; a thread's parent carries
+        ``reply_count`` and ``latest_reply`` as Slack's does."""
         channel = str(params.get("channel", ""))
         top = [m for m in self.messages if m.channel == channel
-               and (m.thread_ts is None or m.thread_ts == m.ts)]
+               and (m.thread_ts is None or m.thread_ts == m.ts or m.subtype == "thread_broadcast")]
         top.sort(key=lambda m: _ts_key(m.ts), reverse=True)
+        latest, oldest = params.get("latest"), params.get("oldest")
+        inclusive = str(params.get("inclusive", "")).lower() in ("1", "true")
+        if latest:
+            top = [m for m in top if _ts_key(m.ts) < _ts_key(str(latest)) or (inclusive and m.ts == str(latest))]
+        if oldest:
+            top = [m for m in top if _ts_key(m.ts) > _ts_key(str(oldest)) or (inclusive and m.ts == str(oldest))]
         limit = int(params.get("limit") or 100)
-        return {"messages": [m.to_api() for m in top[:limit]], "has_more": len(top) > limit}
+        start = int(params.get("cursor") or 0)  # the cursor is the offset of the next page
+        page, more = top[start:start + limit], start + limit < len(top)
+        out = []
+        for m in page:
+            d = m.to_api()
+            replies = [r for r in self.messages if r.channel == channel and r.thread_ts == m.ts and r.ts != m.ts]
+            if replies:
+                d.update(thread_ts=m.ts, reply_count=len(replies),
+                         latest_reply=max((r.ts for r in replies), key=_ts_key))
+            out.append(d)
+        return {"messages": out, "has_more": more,
+                "response_metadata": {"next_cursor": str(start + limit) if more else ""}}
 
     def _users_info(self, params: dict[str, Any]) -> dict[str, Any]:
         user = self.users.get(str(params.get("user", "")))
