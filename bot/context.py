@@ -37,11 +37,12 @@ from bot.memory import (
     cut_to_tokens,
     estimate_tokens,
     extractive_summary,
+    in_order_said,
     keywords,
     scopes_for,
     thread_scope,
 )
-from bot.types import Conversation, HistoryEntry, MemoryItem, Message, as_utc
+from bot.types import Conversation, HistoryEntry, MemoryItem, Message
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +218,7 @@ class ContextBuilder:
             after = summary.through_message_id if summary else None
             entries = thread_entries(session, conversation_id, after_id=after, newest=FIRST_LOAD_ROWS)
             thread = _Thread(entries, summary, version, complete=len(entries) < FIRST_LOAD_ROWS)
-        thread = _trimmed(replace(thread, entries=_as_said(thread.entries)), budget_tokens)
+        thread = _trimmed(replace(thread, entries=in_order_said(thread.entries)), budget_tokens)
         self._keep(conversation_id, thread)
         return thread
 
@@ -291,22 +292,6 @@ def _trimmed(thread: _Thread, budget_tokens: int) -> _Thread:
         if spent > budget_tokens:
             return replace(thread, entries=thread.entries[index + 1:], complete=False)
     return thread
-
-
-def _as_said(entries: list[HistoryEntry]) -> list[HistoryEntry]:
-    """Return the messages in the order they were stored, those said before the first of them moved ahead.
-
-    What was said in a thread before the bot came (`plugins.memory.history`) is read from the
-    platform after the message that brought the bot was stored, and keeps the platform's times.
-    Only those move (by time): the rest keep their stored order, whatever the clocks say.
-    """
-    stored = sorted(entries, key=lambda entry: entry.id)
-    if not stored:
-        return stored
-    start = as_utc(stored[0].created_at)
-    earlier = sorted((entry for entry in stored if as_utc(entry.created_at) < start),
-                     key=lambda entry: (as_utc(entry.created_at), entry.id))
-    return earlier + [entry for entry in stored if as_utc(entry.created_at) >= start] if earlier else stored
 
 
 def _line(entry: HistoryEntry) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from bot.types import HistoryEntry, MemoryItem
+from bot.types import HistoryEntry, MemoryItem, as_utc
 
 _WORD = re.compile(r"[a-z0-9_]{3,}")
 #: Words too common to say two texts are about the same thing.
@@ -115,6 +115,22 @@ class Memory:
     def short_id(self) -> str:
         """Return the id people type: `m12`."""
         return f"m{self.id}"
+
+
+def in_order_said(entries: Iterable[HistoryEntry]) -> list[HistoryEntry]:
+    """Return thread messages in the order they were stored, those said before the first of them moved ahead.
+
+    What was said in a thread before the bot came (`plugins.memory.history`) is read from the
+    platform after the message that brought the bot was stored, and keeps the platform's times.
+    Only those move (by time): the rest keep their stored order, whatever the clocks say.
+    """
+    stored = sorted(entries, key=lambda entry: entry.id)
+    if not stored:
+        return stored
+    start = as_utc(stored[0].created_at)
+    earlier = sorted((entry for entry in stored if as_utc(entry.created_at) < start),
+                     key=lambda entry: (as_utc(entry.created_at), entry.id))
+    return earlier + [entry for entry in stored if as_utc(entry.created_at) >= start] if earlier else stored
 
 
 def estimate_tokens(text: str) -> int:

@@ -24,6 +24,7 @@ from bot.db.models import (
     RunEventRow,
 )
 from bot.db.resources import Resources  # noqa: F401 - re-exported: the repositories live together
+from bot.memory import in_order_said
 from bot.types import (
     AgentRun,
     Conversation,
@@ -270,7 +271,7 @@ class Messages:
                 AgentRunRow.conversation_id == conversation_id, AgentRunRow.status_message_id.is_not(None))
             query = query.where(or_(MessageRow.external_id.is_(None), MessageRow.external_id.not_in(status_ids)))
         rows = self.s.scalars(query.order_by(MessageRow.id.desc()).limit(limit)).all()
-        return [_entry(row) for row in reversed(rows)]
+        return in_order_said(_entry(row) for row in rows)  # a thread's earlier messages, read later, first
 
     def first_platform_id(self, conversation_id: int) -> str | None:
         """Return the platform's id of the conversation's first stored message from a person, or None."""

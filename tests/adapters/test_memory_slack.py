@@ -16,8 +16,10 @@ import pytest
 
 from adapters import slack_port
 from adapters.slack import SlackAdapter
+from bot.db.repositories import Conversations
 from bot.engine import Engine
 from bot.queue import InProcessQueue
+from bot.types import ThreadRef
 from plugins.answer import claude
 from tests.fakes.anthropic_server import FakeAnthropicServer
 from tests.fakes.slack_fixtures import bolt_web_client, close_socket_mode
@@ -108,10 +110,17 @@ def earlier_thread(server: FakeSlackServer) -> str:
 
 
 def test_what_was_said_before_the_mention_reaches_the_model_and_is_read_once(
-        slack: SlackAdapter, slack_server: FakeSlackServer, anthropic_server: FakeAnthropicServer) -> None:
+        slack: SlackAdapter, slack_server: FakeSlackServer, anthropic_server: FakeAnthropicServer,
+        engine: Engine) -> None:
     thread = earlier_thread(slack_server)
     asked = mention(slack_server, "/ask which branch does billing deploy from?", thread_ts=thread)
     bot_posts(slack_server, thread, 1)
+    with engine.db.reading() as session:
+        conversation = Conversations(session).find(ThreadRef("slack", CHANNEL, thread))
+    assert conversation is not None
+    shown = [(entry.author, entry.text) for entry in engine.history(conversation.id)][:3]  # /history, the web page
+    assert shown == [("bob", "billing deploys from the release-7 branch now"),
+                     ("bob", "and its canary runs in eu-west-3"), ("alice", "/ask which branch does billing deploy from?")]
 
     given = model_was_given(anthropic_server, 1)
     assert "release-7 branch" in given and "eu-west-3" in given
