@@ -135,10 +135,9 @@ def reaction_added(reaction: Reaction, engine: EngineAPI) -> None:
         return
     with engine.db.reading() as session:
         proposal = Memories(session).proposal(reaction.platform, reaction.message_id)
-        conversation = Conversations(session).get(proposal.conversation_id) if proposal and \
-            proposal.conversation_id else None
-    if proposal is None or conversation is None:
-        return  # a ✅ on any other message
+        if proposal is None or proposal.conversation_id is None:
+            return  # a ✅ on any other message
+        conversation = Conversations(session).get(proposal.conversation_id)
     try:
         reply = keep(engine, proposal, conversation, reaction.user_id)
     except CommandError as exc:
@@ -149,7 +148,7 @@ def reaction_added(reaction: Reaction, engine: EngineAPI) -> None:
 
 
 def keep(engine: EngineAPI, proposal: Memory, conversation: Conversation, user_id: str) -> str | None:
-    """Keep a proposal as a fact for the person confirming it; return the confirmation, None if kept already.
+    """Keep a proposal as a fact of its scope, as `user_id` asks; return what to say, None if it was kept already.
 
     Raises `CommandError` (its message for the person) when they may not, or the proposal expired.
     """
