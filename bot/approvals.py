@@ -111,7 +111,7 @@ def outcome_text(request: ApprovalRequest, reply: str, who: str) -> str:
     elif reply == ONCE:
         head = f"✅ Approved once by {who}"
     elif reply == ALWAYS:
-        head = f"✅ Always approved by {who} (for the rest of this conversation's session)"
+        head = f"✅ Always approved by {who}"
     else:
         head = f"⛔ Rejected by {who}"
     return f"{head}: {request.label.removeprefix('approval: ')}"

@@ -29,7 +29,7 @@ def model():
 
 def test_a_message_during_a_warm_run_steers_what_the_agent_does_next(tmp_path: Path, model,
                                                                      make_engine: EngineBuilder) -> None:
-    marker = f"sleep 4{int(time.time()) % 10}"
+    marker = f"sleep 4.{int(time.time()) % 10}"  # long enough to steer while it runs
     model.script(
         Turn.bash(marker, timeout_ms=600_000),
         # Unsteered, the agent would stop here; with "use blue" in its next request it paints.
@@ -48,6 +48,7 @@ def test_a_message_during_a_warm_run_steers_what_the_agent_does_next(tmp_path: P
     assert first.state == RunState.DONE and second.state == RunState.DONE  # the steer started no run
     assert second.prompt == "tidy up afterwards"
     workspace = tmp_path / "data" / "workspaces" / "1"
+    assert (workspace / "colour.txt").exists(), ([view.texts(m) for m in view.order], model.scripted_requests[1:])
     assert (workspace / "colour.txt").read_text() == "blue\n"
     steered = json.dumps(model.scripted_requests[1]["messages"])
     assert "actually, use blue please" in steered  # the very next model request had it
@@ -75,3 +76,21 @@ def test_in_cold_mode_a_message_during_a_run_is_queued_and_the_thread_is_told(tm
     assert [run.state for run in runs] == [RunState.DONE, RunState.DONE]
     assert runs[1].prompt == "then write the docs"
     assert "Second done." in view.last(view.order[-1])
+
+
+def test_stop_during_a_warm_run_ends_it_quickly_and_the_notice_says_how_it_ended(tmp_path: Path, model,
+                                                                                 make_engine: EngineBuilder) -> None:
+    marker = f"sleep 5{int(time.time()) % 10}"
+    model.script(Turn.bash(marker, timeout_ms=600_000), Turn.text("never reached"))
+    engine, view = warm_engine(make_engine, agent_settings(tmp_path, model))
+    ask(engine, "/agent wait a long time")
+    wait_until(lambda: processes_with(marker, starting=True), 60, "the agent's sleep to start")
+    started = time.monotonic()
+    ask(engine, "/stop")
+    wait_until(lambda: not processes_with(marker), 5, "the sleep to be gone")
+    assert time.monotonic() - started < 5
+    assert engine.queue.wait(timeout=30)
+    assert runs_of(engine)[0].state == RunState.CANCELLED
+    (notice,) = [m for m in view.order if view.texts(m)[0] == "Stopping run 1…"]
+    assert view.last(notice) == "⏹️ Stopped run 1 (cancelled by ana)."
+    assert "Cancelled by ana." in view.last(view.order[0])
