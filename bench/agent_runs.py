@@ -15,7 +15,10 @@ run's final text arrives at all.
 
 Part 2b (`--warm` runs only this): cold against warm through the engine, in one run: per mode,
 a new conversation and then a follow-up in it, timing enqueue -> first agent event and the whole
-short run, and the peak RSS of every process below the bench (the warm row includes the server).
+short run, and where the time before the first event goes (the agent handed the run after the
+workspace and recall, the model's first request); then the memory of the worker's whole process
+tree (this process, the server or the cold runs) with 1, 4 and 8 concurrent new conversations,
+each count on a fresh engine and server. The machine's load is printed before and after.
 
 Part 3 (`--compare` runs only this): both agents, cold, one CLI start per task with the same
 script shape (write a file, run it, answer): opencode against the chat-completions endpoint,
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -54,6 +58,8 @@ FIRST_PROGRESS_TARGET_S = 1.0
 #: Issue 14's targets for the warm server: enqueue -> first agent event, p50.
 WARM_FOLLOW_UP_TARGET_S = 0.3
 WARM_NEW_TARGET_S = 1.5
+#: Issue 14's target for memory: what each extra concurrent run adds to the worker's tree.
+WARM_EXTRA_RUN_TARGET_MB = 120
 
 
 
@@ -105,9 +111,10 @@ class EventClock:
 
 
 class TreeMemory:
-    """Samples the summed RSS of every process below this one, keeping the peak."""
+    """Samples the summed RSS of every process below this one (and, with include_self, its own), keeping the peak."""
 
-    def __init__(self) -> None:
+    def __init__(self, include_self: bool = False) -> None:
+        self.include_self = include_self
         self.peak_kb = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -125,7 +132,7 @@ class TreeMemory:
 
         while not self._stop.wait(0.05):
             total = 0
-            for pid in descendants(os.getpid()):
+            for pid in [*([os.getpid()] if self.include_self else []), *descendants(os.getpid())]:
                 try:
                     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                         if line.startswith("VmRSS:"):
@@ -170,60 +177,156 @@ def through_engine(runs: int) -> list[dict[str, float]]:
     return results
 
 
+def bench_engine(root: Path, model: FakeOpenAIServer, mode: str, threads: int = 4) -> tuple[Engine, EventClock]:
+    """Return an engine on a scratch data dir running opencode in `mode` in-process, and its event clock.
+
+    In warm mode the server is started as a worker starts it, and waited for: the figures are
+    of a worker that has been up for a while.
+    """
+    from bot.queue import InProcessQueue
+    from plugins.agents.opencode_server import READY_TIMEOUT_S, running_servers
+
+    config = root / "opencode.json"
+    model.write_opencode_config(config)
+    settings = Settings.from_env({"BOT_DATA_DIR": str(root / "data"), "OPENCODE_CONFIG": str(config),
+                                  "BOT_MANIFEST": str(REPO / "manifest.yml")})
+    engine = Engine.from_settings(settings, queue=InProcessQueue(workers=threads), load_entrypoints=False)
+    engine.manifest.agent.mode = mode  # type: ignore[assignment]
+    set_current(engine)
+    engine.attach_port(TimedThread())
+    clock = EventClock()
+    engine.pm.register(clock, name="bench-clock")
+    if mode == "warm":
+        engine.agents["opencode"].warm_up()  # type: ignore[attr-defined]
+        for server in running_servers():
+            server.ensure(READY_TIMEOUT_S)
+    return engine, clock
+
+
+class RunPhases:
+    """Times when the agent is handed a run (workspace prepared, memories recalled) in this process."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.handed: list[float] = []
+        agent = engine.agents["opencode"]
+        run = agent.run
+
+        def timed_run(task, on_event, cancel, *args, **kwargs):
+            self.handed.append(time.perf_counter())
+            return run(task, on_event, cancel, *args, **kwargs)
+
+        agent.run = timed_run  # type: ignore[method-assign]
+
+
 def engine_modes(runs: int) -> dict[str, dict[str, list[float]]]:
     """Return per-mode figures of new-conversation and follow-up runs through the engine."""
     from plugins.agents.opencode_server import stop_all
 
     results: dict[str, dict[str, list[float]]] = {}
     for mode in ("cold", "warm"):
-        rows: dict[str, list[float]] = {"new_first_s": [], "follow_first_s": [], "new_run_s": [],
-                                        "follow_run_s": [], "peak_rss_mb": []}
-        with tempfile.TemporaryDirectory(prefix=f"tw-bench-{mode}-") as scratch, FakeOpenAIServer() as model, \
-                TreeMemory() as memory:
-            root = Path(scratch)
-            config = root / "opencode.json"
-            model.write_opencode_config(config)
-            settings = Settings.from_env({"BOT_DATA_DIR": str(root / "data"), "OPENCODE_CONFIG": str(config),
-                                          "BOT_MANIFEST": str(REPO / "manifest.yml")})
-            engine = Engine.from_settings(settings, load_entrypoints=False)
-            engine.manifest.agent.mode = mode  # type: ignore[assignment]
-            set_current(engine)
-            engine.attach_port(TimedThread())
-            clock = EventClock()
-            engine.pm.register(clock, name="bench-clock")
-            if mode == "warm":
-                warm_up = engine.agents["opencode"].warm_up  # type: ignore[attr-defined]
-                print(f"  {warm_up()}")  # as `python -m bot worker` does at start
+        rows: dict[str, list[float]] = {key: [] for key in (
+            "new_first_s", "follow_first_s", "new_run_s", "follow_run_s",
+            "new_handed_s", "new_model_s", "follow_handed_s", "follow_model_s")}
+        with tempfile.TemporaryDirectory(prefix=f"tw-bench-{mode}-") as scratch, FakeOpenAIServer() as model:
+            engine, clock = bench_engine(Path(scratch), model, mode)
+            phases = RunPhases(engine)
             enqueued = record_run_enqueues(engine)
             for n in range(runs):
                 for kind in ("new", "follow"):
                     model.script(Turn.bash("echo hi > hi.txt"), Turn.text("Wrote hi.txt."))
-                    seen = len(clock.times)
+                    seen, asked = len(clock.times), len(model.request_times)
                     engine.dispatch(Message(where=ThreadRef("bench", "C", f"T{n}"), text=f"/agent {kind} task",
                                             user_id="U", user_name="bench"))
                     engine.queue.wait(timeout=300)
                     end = time.perf_counter()
-                    rows[f"{kind}_first_s"].append(clock.times[seen] - enqueued[-1])
-                    rows[f"{kind}_run_s"].append(end - enqueued[-1])
-            rows["peak_rss_mb"].append(memory.peak_kb / 1024)
+                    start = enqueued[-1]
+                    rows[f"{kind}_first_s"].append(clock.times[seen] - start)
+                    rows[f"{kind}_run_s"].append(end - start)
+                    rows[f"{kind}_handed_s"].append(phases.handed[-1] - start)
+                    # The model's clock is time.monotonic(); perf_counter shares its origin on Linux.
+                    rows[f"{kind}_model_s"].append(model.request_times[asked] - start)
             engine.close()
             stop_all()
         results[mode] = rows
     return results
 
 
-def print_modes(runs: int) -> None:
-    """Print cold against warm through the engine (medians)."""
+def tree_rss_mb() -> float:
+    """Return the summed RSS of this process and every process below it, in MB."""
+    from plugins.agents.opencode_server import tree_rss_mb as rss
+
+    return rss(os.getpid())
+
+
+def concurrent_memory(counts: tuple[int, ...] = (1, 4, 8)) -> dict[str, dict[int, dict[str, float]]]:
+    """Return, per mode and number of concurrent new conversations, the idle and peak RSS of the whole tree.
+
+    Each count gets a fresh engine (and, warm, a fresh server), so no earlier directory's memory
+    is counted. The tree is this process (the worker) and everything below it (server, runs).
+    """
+    from plugins.agents.opencode_server import stop_all
+
+    results: dict[str, dict[int, dict[str, float]]] = {"cold": {}, "warm": {}}
+    for mode in ("cold", "warm"):
+        for count in counts:
+            with tempfile.TemporaryDirectory(prefix=f"tw-bench-mem-{mode}-") as scratch, FakeOpenAIServer() as model:
+                engine, _clock = bench_engine(Path(scratch), model, mode, threads=max(counts))
+                time.sleep(1.0)  # let the server settle after its start
+                idle = tree_rss_mb()
+                model.script(*[Turn.bash("sleep 3; echo hi > hi.txt", timeout_ms=60_000)] * count,
+                             *[Turn.text("Done.")] * count)
+                with TreeMemory(include_self=True) as memory:
+                    started = time.perf_counter()
+                    for n in range(count):
+                        engine.dispatch(Message(where=ThreadRef("bench", "M", f"T{n}"), text="/agent sleep and write",
+                                                user_id="U", user_name="bench"))
+                    engine.queue.wait(timeout=600)
+                    wall = time.perf_counter() - started
+                results[mode][count] = {"idle_mb": idle, "peak_mb": memory.peak_kb / 1024, "wall_s": wall}
+                engine.close()
+                stop_all()
+    return results
+
+
+def print_modes(runs: int, memory: bool = True) -> None:
+    """Print cold against warm through the engine (medians), then memory with concurrent conversations."""
+    print(f"load average before: {load()}")
     rows = engine_modes(runs)
-    print(f"cold `opencode run` against the warm server, through the engine, median of {runs}")
-    print(f"{'mode':<6} {'new: first event':>17} {'new: run':>9} {'follow-up: first event':>23} {'follow-up: run':>15}"
-          f" {'peak RSS':>9}")
+    print(f"cold `opencode run` against the warm server, through the engine, median of {runs} (p50)")
+    print(f"{'mode':<6} {'new: first event':>17} {'new: run':>9} {'follow-up: first event':>23} {'follow-up: run':>15}")
     for mode, row in rows.items():
         print(f"{mode:<6} {statistics.median(row['new_first_s']):>16.2f}s {statistics.median(row['new_run_s']):>8.2f}s"
-              f" {statistics.median(row['follow_first_s']):>22.2f}s {statistics.median(row['follow_run_s']):>14.2f}s"
-              f" {max(row['peak_rss_mb']):>7.0f}MB")
+              f" {statistics.median(row['follow_first_s']):>22.2f}s {statistics.median(row['follow_run_s']):>14.2f}s")
+    print("where a run's time goes before its first event (p50, from the run's enqueue):")
+    print(f"{'mode':<6} {'kind':<7} {'agent handed the run':>21} {'first model request':>20} {'first event':>12}")
+    for mode, row in rows.items():
+        for kind in ("new", "follow"):
+            print(f"{mode:<6} {kind:<7} {statistics.median(row[f'{kind}_handed_s']):>20.2f}s"
+                  f" {statistics.median(row[f'{kind}_model_s']):>19.2f}s"
+                  f" {statistics.median(row[f'{kind}_first_s']):>11.2f}s")
     print(f"targets (warm): follow-up first event p50 < {WARM_FOLLOW_UP_TARGET_S} s, new conversation "
           f"< {WARM_NEW_TARGET_S} s (issue 14)")
+    print(f"load average after: {load()}")
+    if not memory:
+        return
+    print()
+    print(f"load average before: {load()}")
+    figures = concurrent_memory()
+    print("memory of the worker's whole process tree (worker + server or runs) with N concurrent new conversations")
+    print(f"{'mode':<6} {'N':>3} {'idle':>8} {'peak':>8} {'per extra run':>14} {'all N done in':>14}")
+    for mode, by_count in figures.items():
+        one = by_count[1]["peak_mb"]
+        for count, figure in by_count.items():
+            extra = f"{(figure['peak_mb'] - one) / (count - 1):>12.0f}MB" if count > 1 else f"{'-':>14}"
+            print(f"{mode:<6} {count:>3} {figure['idle_mb']:>6.0f}MB {figure['peak_mb']:>6.0f}MB {extra}"
+                  f" {figure['wall_s']:>13.1f}s")
+    print(f"target (warm): each extra concurrent run < {WARM_EXTRA_RUN_TARGET_MB} MB (issue 14)")
+    print(f"load average after: {load()}")
+
+
+def load() -> str:
+    """Return the machine's load averages (1, 5, 15 min): the figures depend on them."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def cli_runs(runs: int, warm: bool) -> list[dict[str, float]]:
@@ -343,7 +446,9 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=3, help="runs per measurement (default 3)")
     parser.add_argument("--compare", action="store_true", help="only part 3: opencode vs Codex, side by side")
     parser.add_argument("--warm", action="store_true", help="only part 2b: cold against warm through the engine")
+    parser.add_argument("--no-memory", action="store_true", help="with --warm: skip the 1/4/8 concurrent runs")
     args = parser.parse_args()
+    logging.getLogger().setLevel(logging.WARNING)  # the engine's INFO lines would bury the table
     for binary in (OPENCODE_BIN, CODEX_BIN):
         if not binary.exists():
             raise SystemExit(f"no {binary.name} binary at {binary}: run `npm install` in {REPO}")
@@ -351,7 +456,7 @@ def main() -> int:
         print_comparison(args.n)
         return 0
     if args.warm:
-        print_modes(args.n)
+        print_modes(args.n, memory=not args.no_memory)
         return 0
 
     engine_rows = through_engine(args.n)

@@ -23,7 +23,7 @@ from bot.types import Message, RunState, ThreadRef
 from plugins.agents.opencode_server import running_servers, serving_pid, stop_all
 from plugins.agents.opencode_sessions import session_seq
 from tests.fakes.openai_server import FakeOpenAIServer, Turn
-from tests.support.engines import REPO, EngineBuilder
+from tests.support.engines import REPO, EngineBuilder, run_bot
 from tests.support.engines import WHERE as IN_PROCESS
 from tests.workers.agent_support import agent_settings, processes_with, requires_opencode, wait_until
 
@@ -189,3 +189,15 @@ def test_a_hung_server_is_restarted_and_the_run_completes_by_the_fallback(tmp_pa
     assert server.pid != hung_pid
     wait_until(lambda: not Path(f"/proc/{hung_pid}").exists(), 10, "the hung server to be gone")
     assert not processes_with(marker)
+
+
+def test_the_console_bot_starts_its_server_and_leaves_none_behind(tmp_path: Path, model) -> None:
+    model.script(Turn.text("Answered on the warm server."))
+    settings = warm_settings(tmp_path, model)
+    chat = run_bot(["chat"], tmp_path, input="/agent say something\n", timeout=240,
+                   BOT_MANIFEST=str(settings.manifest_path), OPENCODE_CONFIG=settings.get("OPENCODE_CONFIG"))
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stdout.rstrip().endswith("Answered on the warm server.")
+    (state,) = (tmp_path / "data" / "agent-state").glob("server-*")  # the chat process's own server
+    assert (state / "serve.log").read_text().count("listening on") == 1
+    assert server_processes(state) == []  # stopped when the console bot exited
