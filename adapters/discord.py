@@ -124,6 +124,9 @@ class _GatewayEvents:
             log.warning("could not register the slash commands (%s); was the bot invited with the "
                         "applications.commands scope?", exc)
 
+    async def on_connect(self) -> None:
+        self.bot.on_connect()
+
     async def on_ready(self) -> None:
         self.bot.on_ready()
 
@@ -183,12 +186,15 @@ class DiscordBot:
         #: The newest message seen per channel (a thread's count for its channel): `catch_up` reads what came since.
         self.cursors = SeenCursors(engine.db, PLATFORM)
         self._catch_up_task: asyncio.Task[None] | None = None
-        self._catch_up_wanted = False
+        #: Where the next catch-up starts: each channel's last seen message when the session began.
+        self._catch_up_from: dict[str, str] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self, ready_timeout: float | None = READY_TIMEOUT_S) -> DiscordBot:
         """Connect and return once the gateway is ready (with no timeout: at once); raise what stopped it."""
+        self.cursors.load()
+        self._catch_up_from = self.cursors.snapshot()  # before the first MESSAGE_CREATE is noted
         self.loop.start()
         self._running = self.loop.submit(self._run_client())
         if ready_timeout is None:
@@ -287,31 +293,34 @@ class DiscordBot:
 
     # -- catch-up after downtime ------------------------------------------------------------------
 
+    def on_connect(self) -> None:
+        """Note where a new session's catch-up starts: READY was parsed, none of its messages yet."""
+        if self._catch_up_from is None:
+            self._catch_up_from = self.cursors.snapshot()
+
     def on_ready(self) -> None:
         """Catch up in a task on the loop (every new session; a RESUMED one has Discord replay instead)."""
-        self._catch_up_wanted = True
         if self._catch_up_task is None or self._catch_up_task.done():
             self._catch_up_task = asyncio.get_running_loop().create_task(self._catch_up_while_wanted())
 
     async def _catch_up_while_wanted(self) -> None:
-        while self._catch_up_wanted and not self._closing:
-            self._catch_up_wanted = False
+        while self._catch_up_from is not None and not self._closing:
+            since, self._catch_up_from = self._catch_up_from, None
             try:
-                await self.catch_up()
+                await self.catch_up(since)
             except Exception:  # boundary: one catch-up; the next READY tries again
                 log.exception("discord: catching up on missed messages failed")
 
-    async def catch_up(self) -> int:
-        """Answer what was addressed to the bot since it last saw each channel, through the live path; return how many.
+    async def catch_up(self, since: dict[str, str]) -> int:
+        """Answer what was addressed to the bot after `since` (channel -> last seen id) as live; return how many.
 
-        Per channel with a cursor: its messages and its active threads' since then (at most
+        Per channel: its messages and its active threads' since then (at most
         `CATCH_UP_MAX_AGE_S` back, `CATCH_UP_MAX_MESSAGES` each), each handled as a live
         MESSAGE_CREATE is; a message answered before is refused by its claimed id.
         """
-        positions = await self._in_thread_pool(self.cursors.positions)
         now = time.time()
         answered = 0
-        for channel_id, cursor in sorted(positions.items()):
+        for channel_id, cursor in sorted(since.items()):
             if self._closing:
                 break
             after = start_after(cursor, now)

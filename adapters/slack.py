@@ -108,7 +108,8 @@ class SlackAdapter:
         self.cursors = SeenCursors(engine.db, PLATFORM)
         self._catch_up_lock = threading.Lock()
         self._catch_up_thread: threading.Thread | None = None
-        self._catch_up_wanted = False
+        #: Where the next catch-up starts: each channel's last seen message when the connection opened.
+        self._catch_up_from: dict[str, str] | None = None
         self._closing = False
 
     # -- connections --------------------------------------------------------------------------
@@ -118,6 +119,8 @@ class SlackAdapter:
         if not self.app_token:
             raise ConfigError("Socket Mode needs SLACK_APP_TOKEN (an app-level xapp- token with connections:write)")
         self._closing = False
+        self.cursors.load()
+        self._catch_up_from = self.cursors.snapshot()  # before this connection's first event is noted
         self.handler = SocketModeHandler(self.app, app_token=self.app_token)
         # Every connection, the first and each reconnect, opens with a hello: catch up then.
         self.handler.client.message_listeners.append(self._on_socket_message)
@@ -134,9 +137,10 @@ class SlackAdapter:
 
         self.http_server = make_server(host, port, application, server_class=_ThreadingWSGIServer,
                                        handler_class=_QuietHandler)
-        threading.Thread(target=self.http_server.serve_forever, name="slack-http", daemon=True).start()
         self._closing = False
-        self.catch_up_in_background()
+        self.cursors.load()
+        self.catch_up_in_background(self.cursors.snapshot())  # before the first request is served
+        threading.Thread(target=self.http_server.serve_forever, name="slack-http", daemon=True).start()
         return self.http_server.server_port
 
     def close(self) -> None:
@@ -249,12 +253,14 @@ class SlackAdapter:
 
     def _on_socket_message(self, client: Any, message: dict[str, Any], raw: str) -> None:
         if message.get("type") == "hello":
-            self.catch_up_in_background()
+            # A reconnect's hello comes before its events (a dict copy here wins that race in practice).
+            pending = self._catch_up_from
+            self.catch_up_in_background(pending if pending is not None else self.cursors.snapshot())
 
-    def catch_up_in_background(self) -> None:
-        """Start `catch_up` in its own thread (or have the running one go round once more); return at once."""
+    def catch_up_in_background(self, since: dict[str, str]) -> None:
+        """Start `catch_up(since)` in its own thread (or have the running one go round once more); return at once."""
         with self._catch_up_lock:
-            self._catch_up_wanted = True
+            self._catch_up_from = since
             if self._catch_up_thread is not None:
                 return
             self._catch_up_thread = threading.Thread(target=self._catch_up_while_wanted, name="slack-catch-up",
@@ -264,27 +270,29 @@ class SlackAdapter:
     def _catch_up_while_wanted(self) -> None:
         while True:
             with self._catch_up_lock:
-                if not self._catch_up_wanted or self._closing:
+                since, self._catch_up_from = self._catch_up_from, None
+                if since is None or self._closing:
                     self._catch_up_thread = None
                     return
-                self._catch_up_wanted = False
             try:
-                self.catch_up()
+                self.catch_up(since)
             except Exception:  # boundary: one catch-up; the next connection tries again
                 log.exception("slack: catching up on missed messages failed")
 
-    def catch_up(self) -> int:
-        """Answer what was addressed to the bot since it last saw each channel, through the live path; return how many.
+    def catch_up(self, since: dict[str, str]) -> int:
+        """Answer what was addressed to the bot after `since` (channel -> last seen ts) as live; return how many.
 
-        Per channel with a cursor: its messages and its active threads' replies since then (at
+        Per channel: its messages and its active threads' replies since then (at
         most `CATCH_UP_MAX_AGE_S` back, `CATCH_UP_MAX_MESSAGES` each), filtered as live events
         are; a message answered before is refused by dispatch's dedupe.
         """
+        if not since:
+            return 0  # a first start: nothing was seen, so nothing was missed
         bot_user_id = str(self.client.auth_test()["user_id"])
         now = time.time()
         active_since = datetime.fromtimestamp(now - constants.CATCH_UP_MAX_AGE_S, timezone.utc)
         answered = 0
-        for channel, cursor in sorted(self.cursors.positions().items()):
+        for channel, cursor in sorted(since.items()):
             if self._closing:
                 break
             after = start_after(cursor, now)

@@ -2,7 +2,9 @@
 
     adapter: every message event, answered or ignored ─► SeenCursors.saw(channel, id)  (memory, µs)
     a flush thread, once a second ─► ChannelCursors.advance: one upsert per changed channel
-    on (re)connect ─► SeenCursors.positions() ─► the adapter reads what came after each
+    adapter start ─► SeenCursors.load(): what the database holds (before any event is noted)
+    each (re)connection ─► SeenCursors.snapshot(), taken before that connection's events are
+        noted ─► the adapter reads, in the background, what came after each position
 
 The cursor marks what was *seen*, not what was answered: chatter the bot ignores moves it too,
 so after downtime everything after it is unseen. It is written in batches rather than per
@@ -32,7 +34,9 @@ class SeenCursors:
         self.db = db
         self.platform = platform
         self.interval_s = interval_s
-        self._pending: dict[str, tuple[str, str]] = {}  # channel -> (sortable position, position)
+        # channel -> (sortable position, position): everything known, and what is not written yet
+        self._latest: dict[str, tuple[str, str]] = {}
+        self._pending: dict[str, tuple[str, str]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
@@ -46,9 +50,10 @@ class SeenCursors:
         except ValueError:
             return  # not a message id (a malformed payload): nothing to remember
         with self._lock:
-            known = self._pending.get(channel)
-            if known is None or known[0] < key:
-                self._pending[channel] = (key, position)
+            for positions in (self._latest, self._pending):
+                known = positions.get(channel)
+                if known is None or known[0] < key:
+                    positions[channel] = (key, position)
             if self._flusher is None and not self._stop.is_set():
                 self._flusher = threading.Thread(target=self._flush_every_interval, name=f"{self.platform}-cursors",
                                                  daemon=True)
@@ -72,11 +77,21 @@ class SeenCursors:
                     if known is None or known[0] < seen[0]:
                         self._pending[channel] = seen
 
-    def positions(self) -> dict[str, str]:
-        """Return every channel's last seen message (what this process saw included)."""
-        self.flush()
+    def load(self) -> None:
+        """Read every channel's last seen message from the database (other processes' and earlier runs')."""
         with self.db.reading() as session:
-            return ChannelCursors(session).all(self.platform)
+            stored = ChannelCursors(session).all(self.platform)
+        with self._lock:
+            for channel, position in stored.items():
+                key = sortable(position)
+                known = self._latest.get(channel)
+                if known is None or known[0] < key:
+                    self._latest[channel] = (key, position)
+
+    def snapshot(self) -> dict[str, str]:
+        """Return each channel's last seen message as known now (memory only: cheap on a connection's path)."""
+        with self._lock:
+            return {channel: position for channel, (_, position) in self._latest.items()}
 
     def close(self) -> None:
         """Stop the flush thread and write what is left (a later `saw` starts it again)."""

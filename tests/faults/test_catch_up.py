@@ -119,7 +119,7 @@ def test_slack_does_not_answer_what_is_older_than_the_catch_up_horizon(
             # The last thing the bot saw, two days ago: chatter it ignored, which still moves the cursor.
             slack.send_event({"type": "message", "channel": CHANNEL, "channel_type": "channel", "text": "lunch?",
                               "ts": slack_ts(now - 2 * constants.CATCH_UP_MAX_AGE_S)})
-            seen_by(adapter.cursors.positions, CHANNEL)
+            seen_by(adapter.cursors.snapshot, CHANNEL)
         with engine.db.reading() as session:
             assert ChannelCursors(session).all("slack") == {CHANNEL: slack_ts(now - 2 * constants.CATCH_UP_MAX_AGE_S)}
         stale = slack.add_thread_message(CHANNEL, f"<@{BOT_USER_ID}> hello",
