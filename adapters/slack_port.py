@@ -40,8 +40,8 @@ REPLIES_PAGE = 200
 #: the newest messages read are kept (what was said last before the bot came matters most).
 REPLIES_MAX_PAGES = 5
 #: Errors that asking again will not fix: the app lacks a scope or may not see the channel.
-HISTORY_REFUSED_ERRORS = frozenset({"missing_scope", "not_in_channel", "channel_not_found", "access_denied",
-                                    "not_allowed_token_type", "no_permission"})
+HISTORY_REFUSED_ERRORS = frozenset({"missing_scope", "not_in_channel", "channel_not_found", "thread_not_found",
+                                    "access_denied", "not_allowed_token_type", "no_permission"})
 
 
 def api_url(settings: Any) -> str:
@@ -161,13 +161,14 @@ class SlackPort:
             cursor = (response.get("response_metadata") or {}).get("next_cursor") or None
             if not cursor:
                 break
-        spoken = [item for item in found if item.get("ts") and (before is None or _older(item["ts"], before))]
-        names = {user: self._name(user) for user in {item.get("user") for item in spoken[-limit:]} if user}
+        earlier = [item for item in found if item.get("ts") and (before is None or _older(item["ts"], before))]
+        earlier = earlier[-limit:]
+        people = {item["user"] for item in earlier if item.get("user") and not _by_a_bot(item)}
+        names = {user: self._name(user) for user in sorted(people)}
         return [ThreadMessage(external_id=str(item["ts"]), user_id=str(item.get("user") or item.get("bot_id") or ""),
                               text=from_slack(item.get("text") or ""), user_name=names.get(item.get("user"), ""),
-                              sent_at=datetime.fromtimestamp(float(item["ts"]), timezone.utc),
-                              is_bot=bool(item.get("bot_id")) or item.get("subtype") not in SPOKEN_SUBTYPES)
-                for item in spoken[-limit:]]
+                              sent_at=datetime.fromtimestamp(float(item["ts"]), timezone.utc), is_bot=_by_a_bot(item))
+                for item in earlier]
 
     def _name(self, user_id: str) -> str:
         """Return a person's display name (users.info), or "" when Slack won't say."""
@@ -178,6 +179,11 @@ class SlackPort:
             return ""
         profile = user.get("profile") or {}
         return profile.get("display_name") or profile.get("real_name") or user.get("real_name") or user.get("name") or ""
+
+
+def _by_a_bot(item: dict[str, Any]) -> bool:
+    """Return whether a message from the Web API is an app's or a bot's (this one's too), or no one's words."""
+    return bool(item.get("bot_id")) or item.get("subtype") not in SPOKEN_SUBTYPES
 
 
 def _older(ts: str, than: str) -> bool:
