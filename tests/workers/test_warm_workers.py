@@ -20,8 +20,17 @@ from sqlalchemy import text
 
 from bot.db.repositories import Conversations, Runs
 from bot.types import Message, RunState, ThreadRef
-from plugins.agents.opencode_server import running_servers, serving_pid, stop_all
-from plugins.agents.opencode_sessions import session_seq
+from plugins.agents.opencode import OFFLINE_ENV, agent_config
+from plugins.agents.opencode_server import (
+    OpencodeServer,
+    ServerSpec,
+    directory_header,
+    running_servers,
+    serving_pid,
+    stop_all,
+)
+from plugins.agents.opencode_sessions import bring_session, session_seq
+from tests.fakes.openai_fixtures import OPENCODE_BIN
 from tests.fakes.openai_server import FakeOpenAIServer, Turn
 from tests.support.engines import REPO, EngineBuilder, run_bot
 from tests.support.engines import WHERE as IN_PROCESS
@@ -201,3 +210,45 @@ def test_the_console_bot_starts_its_server_and_leaves_none_behind(tmp_path: Path
     (state,) = (tmp_path / "data" / "agent-state").glob("server-*")  # the chat process's own server
     assert (state / "serve.log").read_text().count("listening on") == 1
     assert server_processes(state) == []  # stopped when the console bot exited
+
+
+def test_a_server_holding_an_old_copy_of_a_session_gets_the_newest(tmp_path: Path, model) -> None:
+    """A conversation goes A -> B -> A: A's own copy is stale by then and is replaced by B's."""
+    states = tmp_path / "agent-state"
+    config = tmp_path / "opencode.json"
+    model.write_opencode_config(config)
+
+    def server(name: str) -> OpencodeServer:
+        (states / name).mkdir(parents=True)
+        return OpencodeServer(ServerSpec(binary=OPENCODE_BIN, config=agent_config(config, False),
+                                         env=tuple(sorted(OFFLINE_ENV.items())), state_dir=states / name))
+
+    first, second = server("server-1"), server("server-2")
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    headers = directory_header(workspace)
+
+    def prompt(on: OpencodeServer, session_id: str, words: str, reply: str) -> None:
+        model.script(Turn.text(reply))
+        with on.client() as api:
+            assert bring_session(api, headers, session_id, workspace, on.spec.state_dir, states)
+            api.post(f"/session/{session_id}/prompt_async", headers=headers,
+                     json={"parts": [{"type": "text", "text": words}]}).raise_for_status()
+            wait_until(lambda: reply in json.dumps(api.get(f"/session/{session_id}/message", headers=headers).json()),
+                       RUN_S, f"the answer {reply!r}")
+
+    try:
+        first.ensure(SERVER_READY_S)
+        second.ensure(SERVER_READY_S)
+        with first.client() as api:
+            session_id = api.post("/session", headers=headers, json={"title": "t"}).json()["id"]
+        prompt(first, session_id, "ONE", "reply one")
+        prompt(second, session_id, "TWO", "reply two")
+        assert session_seq(first.spec.state_dir, session_id) < session_seq(second.spec.state_dir, session_id)
+        prompt(first, session_id, "THREE", "reply three")
+    finally:
+        first.stop()
+        second.stop()
+    history = json.dumps(model.scripted_requests[-1]["messages"])
+    for said in ("ONE", "reply one", "TWO", "reply two", "THREE"):
+        assert said in history, said
