@@ -41,7 +41,7 @@ import discord.http
 from discord import app_commands
 
 from adapters.discord_catch_up import missed_messages, start_after
-from adapters.discord_format import CONTENT_LIMIT, CancelButton, thread_name
+from adapters.discord_format import CONTENT_LIMIT, CancelButton, ChoiceButton, thread_name
 from adapters.discord_manifest import PRIVILEGED_INTENTS, gateway_intents
 from adapters.discord_port import PLATFORM, DiscordPort, EventLoopThread, apply_url_overrides, client_options
 from bot import constants
@@ -116,7 +116,7 @@ class _GatewayEvents:
         self.tree = app_commands.CommandTree(self)
 
     async def setup_hook(self) -> None:
-        self.add_dynamic_items(CancelButton)
+        self.add_dynamic_items(CancelButton, ChoiceButton)
         self.bot.add_commands(self.tree)
         try:
             await self.tree.sync()
@@ -138,6 +138,9 @@ class _GatewayEvents:
 
     async def cancel_clicked(self, interaction: discord.Interaction, run_id: int) -> None:
         await self.bot.on_cancel_click(interaction, run_id)
+
+    async def choice_clicked(self, interaction: discord.Interaction, line: str) -> None:
+        await self.bot.on_choice_click(interaction, line)
 
 
 class GatewayClient(_GatewayEvents, discord.Client):
@@ -464,12 +467,16 @@ class DiscordBot:
 
     async def on_cancel_click(self, interaction: discord.Interaction, run_id: int) -> None:
         """Acknowledge the click at once, then dispatch `/cancel <run>` from the clicker."""
+        await self.on_choice_click(interaction, f"/cancel {run_id}")
+
+    async def on_choice_click(self, interaction: discord.Interaction, line: str) -> None:
+        """Acknowledge a button's click at once, then dispatch the line it stands for from the clicker."""
         await interaction.response.defer()  # a component's defer: no visible change, no "thinking"
         channel = interaction.channel
         channel_id = str(interaction.channel_id)
         parent = getattr(channel, "parent_id", None)
         where = ThreadRef(PLATFORM, str(parent) if parent else channel_id, channel_id)
         user = interaction.user
-        await self._dispatch(Message(where=where, text=f"/cancel {run_id}", user_id=str(user.id),
+        await self._dispatch(Message(where=where, text=line, user_id=str(user.id),
                                      user_name=user.display_name, external_id=str(interaction.id),
                                      is_direct=interaction.guild is None))

@@ -15,7 +15,7 @@ import discord
 
 from bot import constants
 from bot.progress import LIVE_VIEW_LABEL, STATE_ICONS, format_elapsed
-from bot.types import RunState, RunStatus
+from bot.types import Choice, RunState, RunStatus
 
 #: Discord caps message content at 2,000 characters (Discord API docs, Create Message).
 CONTENT_LIMIT = constants.DISCORD_CONTENT_LIMIT
@@ -253,6 +253,39 @@ class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=CANCEL_ID
 
     async def callback(self, interaction: discord.Interaction) -> None:
         await interaction.client.cancel_clicked(interaction, self.run_id)  # type: ignore[attr-defined]
+
+
+#: custom_id of a message's choice button (an approval request): the chat line a click stands for.
+CHOICE_ID_TEMPLATE = r"threadwork:choice:(?P<line>/.+)"
+#: Discord's longest custom_id (a component's field limit).
+CUSTOM_ID_LIMIT = 100
+CHOICE_STYLES = {"primary": discord.ButtonStyle.primary, "danger": discord.ButtonStyle.danger}
+
+
+class ChoiceButton(discord.ui.DynamicItem[discord.ui.Button], template=CHOICE_ID_TEMPLATE):  # type: ignore[misc]
+    """A button of a message with choices (Approve once / Always / Reject); the line lives in its custom_id."""
+
+    def __init__(self, line: str, label: str = "", style: str = "") -> None:
+        super().__init__(discord.ui.Button(label=label or line, custom_id=f"threadwork:choice:{line}",
+                                           style=CHOICE_STYLES.get(style, discord.ButtonStyle.secondary)))
+        self.line = line
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item,
+                             match: re.Match[str]) -> ChoiceButton:
+        return cls(match["line"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await interaction.client.choice_clicked(interaction, self.line)  # type: ignore[attr-defined]
+
+
+def choice_view(choices: list[Choice]) -> discord.ui.View:
+    """Return one button per choice whose line fits a custom_id. Must run on an event loop."""
+    view = discord.ui.View(timeout=None)
+    for choice in choices:
+        if len(f"threadwork:choice:{choice.line}") <= CUSTOM_ID_LIMIT:
+            view.add_item(ChoiceButton(choice.line, choice.label, choice.style))
+    return view
 
 
 def status_view(status: RunStatus) -> discord.ui.View | None:

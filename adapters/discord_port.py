@@ -37,13 +37,20 @@ import discord.gateway
 import discord.http
 import yarl
 
-from adapters.discord_format import CONTENT_LIMIT, split_markdown, status_embed, status_view, too_big_notice
+from adapters.discord_format import (
+    CONTENT_LIMIT,
+    choice_view,
+    split_markdown,
+    status_embed,
+    status_view,
+    too_big_notice,
+)
 from bot import constants, metrics
 from bot.config import Settings
 from bot.engine import Engine
 from bot.errors import HistoryRefused, RateLimited, UserFacingError
 from bot.file_links import FileLinks
-from bot.types import Attachment, Reply, ThreadMessage, ThreadRef
+from bot.types import Attachment, Choice, Reply, ThreadMessage, ThreadRef
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -193,6 +200,16 @@ class DiscordPort:
 
     def edit(self, where: ThreadRef, message_id: str, reply: Reply) -> None:
         self._call(self._edit(where, int(message_id), reply))
+
+    def post_choices(self, where: ThreadRef, reply: Reply, choices: list[Choice]) -> str:
+        """Post the reply with a button per choice (message components); a click is an interaction."""
+        return self._call(self._post_choices(where, reply, choices))
+
+    async def _post_choices(self, where: ThreadRef, reply: Reply, choices: list[Choice]) -> str:
+        text = split_markdown(reply.text, CONTENT_LIMIT)[0]
+        sent = await self._channel(where).send(text, view=choice_view(choices))
+        self._remember(sent.id, text, [])
+        return str(sent.id)
 
     def upload(self, where: ThreadRef, attachment: Attachment) -> str:
         return self._call(self._upload(where, attachment), timeout=UPLOAD_TIMEOUT_S)
