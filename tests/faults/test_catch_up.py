@@ -18,12 +18,14 @@ from typing import Any
 import pytest
 
 from adapters.discord import DiscordBot
+from adapters.slack import SlackAdapter
 from bot import constants
 from bot.db.cursors import ChannelCursors
 from bot.engine import Engine
 from bot.queue import InProcessQueue
 from tests.adapters.test_slack import CHANNEL, mention, replies, socket_adapter
 from tests.fakes.discord_server import FakeDiscordServer
+from tests.fakes.slack_fixtures import bolt_web_client
 from tests.fakes.slack_server import BOT_USER_ID, FakeSlackServer
 from tests.support.engines import EngineBuilder
 
@@ -107,6 +109,34 @@ def test_slack_answers_each_mention_reply_and_dm_missed_while_away_once(
         assert len(slack.bot_messages()) == before
         history = slack.calls_to("conversations.history")
     assert len(history) == 4 and all(float(call["oldest"]) > float(seen) - 60 for call in history)
+
+
+def test_slack_catches_up_when_socket_mode_reconnects_and_in_http_mode(
+        make_engine: EngineBuilder, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="adapters.slack")
+    engine, _ = make_engine(queue=InProcessQueue())
+    with FakeSlackServer() as slack:
+        with socket_adapter(engine, slack):
+            _, seen = mention(slack, "hello")
+            replies(slack, seen)
+            # Said while the connection was down: Slack asks the client to reconnect (a new hello).
+            during_reconnect = slack.add_thread_message(CHANNEL, f"<@{BOT_USER_ID}> hello")
+            slack.send_disconnect()
+            replies(slack, during_reconnect.ts)
+            assert caught_up(caplog, "slack", CHANNEL) == [1]
+            assert engine.queue.wait(timeout=30)
+
+        while_down = slack.add_thread_message(CHANNEL, f"<@{BOT_USER_ID}> hello")
+        http = SlackAdapter(engine, bolt_web_client(slack), signing_secret="not-used-here")
+        engine.attach_port(http.port)
+        http.listen("127.0.0.1", 0)
+        try:
+            replies(slack, while_down.ts)
+            assert caught_up(caplog, "slack", CHANNEL, times=2) == [1, 1]
+            assert engine.queue.wait(timeout=30)
+        finally:
+            http.close()
+    assert [len(bot_texts(slack, CHANNEL, m.ts)) for m in (during_reconnect, while_down)] == [1, 1]
 
 
 def test_slack_does_not_answer_what_is_older_than_the_catch_up_horizon(
