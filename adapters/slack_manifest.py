@@ -31,6 +31,8 @@ METHOD_SCOPES: dict[str, str | None] = {
     "users.info": "users:read",
     # A thread's earlier messages; groups:history, im:history and mpim:history cover the others.
     "conversations.replies": "channels:history",
+    # Catch-up after downtime (adapters/slack_catch_up.py), likewise for the other kinds of channel.
+    "conversations.history": "channels:history",
 }
 #: `files_upload_v2` is three requests: two Web API methods and a POST to the upload URL.
 UPLOAD_V2_METHODS = ("files.getUploadURLExternal", "files.completeUploadExternal")
