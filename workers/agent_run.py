@@ -77,6 +77,16 @@ def run_agent(run_id: int) -> None:
 
 
 def _execute(engine: Engine, run_id: int) -> None:
+    # Listening from the claim on: a steering message or a cancel sent while the workspace is
+    # prepared waits in the inbox; steering messages the agent never took become the next run.
+    with engine.signals.listen(run_id) as inbox:
+        run, conversation, progress, outcome = _execute_listening(engine, run_id, inbox)
+        _queue_unsteered(engine, run, conversation, inbox.pending())
+    _close_notices(engine, run, conversation, outcome, progress)
+
+
+def _execute_listening(engine: Engine, run_id: int,
+                       inbox: RunInbox) -> tuple[AgentRun, Conversation, _Progress, AgentOutcome]:
     with engine.db.reading() as session:
         run = Runs(session).get(run_id)
         conversation = Conversations(session).get(run.conversation_id)
@@ -84,6 +94,7 @@ def _execute(engine: Engine, run_id: int) -> None:
     logs.bind(conversation_id=conversation.id)
     live = LiveMessage.in_thread(engine, conversation, message_id=run.status_message_id)
     progress = _Progress(engine, run, live, conversation)
+    progress.inbox = inbox
     progress.show()
     heartbeat = threading.Thread(target=contextvars.copy_context().run, args=(progress.beat,),
                                  name=f"run-{run_id}-heartbeat", daemon=True)
@@ -99,7 +110,7 @@ def _execute(engine: Engine, run_id: int) -> None:
         progress.stop()
         heartbeat.join()
     _conclude(engine, run, conversation, outcome, progress, request_message_id)
-    _close_notices(engine, run, conversation, outcome, progress)
+    return run, conversation, progress, outcome
 
 
 def _close_notices(engine: Engine, run: AgentRun, conversation: Conversation, outcome: AgentOutcome,
@@ -146,16 +157,13 @@ def _run_agent(engine: Engine, run: AgentRun, conversation: Conversation, progre
         ask=agent_settings.ask_rules(),
         approval_timeout_s=agent_settings.approval_timeout_seconds,
     )
-    with engine.signals.listen(run.id) as inbox:
-        progress.inbox = inbox
-        if runs.cancel_requested(engine, run.id):
-            inbox.cancel.set()
-        if isinstance(agent, SteerableAgent) and agent.steerable:
-            outcome = agent.run_with_inbox(task, progress.on_event, inbox)
-        else:
-            outcome = agent.run(task, progress.on_event, inbox.cancel)
-        _queue_unsteered(engine, run, conversation, inbox.pending())
-        return outcome
+    inbox = progress.inbox
+    assert inbox is not None  # `_execute` listens for the whole run
+    if runs.cancel_requested(engine, run.id):
+        inbox.cancel.set()
+    if isinstance(agent, SteerableAgent) and agent.steerable:
+        return agent.run_with_inbox(task, progress.on_event, inbox)
+    return agent.run(task, progress.on_event, inbox.cancel)
 
 
 def _queue_unsteered(engine: Engine, run: AgentRun, conversation: Conversation, left: list[Signal]) -> None:
