@@ -128,6 +128,8 @@ def test_what_was_said_before_the_mention_reaches_the_model_and_is_read_once(
     assert given.index("release-7") < given.index("eu-west-3") < given.index("which branch does billing")
     (call,) = history_reads(slack_server)
     assert (call["ts"], call["latest"]) == (thread, asked)  # only what came before the mention
+    time.sleep(0.5)
+    assert len(bot_posts(slack_server, thread, 1)) == 1  # what came before is context, not questions to answer
 
     mention(slack_server, "/ask and where does its canary run?", thread_ts=thread)
     bot_posts(slack_server, thread, 2)
