@@ -107,7 +107,9 @@ def test_recall_brings_back_an_exchange_from_another_thread_of_the_channel(engin
     asked = engine.dispatch(message("remind me how to deploy billing"))
     per_plugin = engine.hook.recall(message=message("remind me how to deploy billing"),
                                     conversation=asked.conversation, budget_tokens=500, engine=engine)
-    assert len(per_plugin) == 1  # the context builder answers for thread and memories together
+    # The context builder answers for thread and memories together; the thread-history plugin
+    # only reads the platform's earlier messages into the thread (nothing to read here).
+    assert len([items for items in per_plugin if items]) == 1
     items = engine.recall(message("remind me how to deploy billing"), asked.conversation, budget_tokens=500)
     assert any("make deploy-billing" in item.text and item.source == "channel" for item in items)
     assert sum(item.tokens for item in items) <= 500
