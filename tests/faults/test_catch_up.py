@@ -188,6 +188,9 @@ def test_discord_answers_each_message_missed_while_offline_once(
     with running_bot(engine):
         seen = server.send_message_create(server.channel_id, f"{mention} hello")
         server.wait_for(lambda: discord_answers(server, seen.id))  # its thread's id is the message's
+        dm = server.create_dm_channel(server.human)
+        server.send_message_create(dm, "hello")
+        server.wait_for(lambda: discord_answers(server, dm))
         assert engine.queue.wait(timeout=30)
 
     # Offline: a mention in the channel, a reply in the bot's thread, chatter, another bot.
@@ -197,19 +200,25 @@ def test_discord_answers_each_message_missed_while_offline_once(
     server.add_thread_message(server.channel_id, "lunch anyone?")
     server.add_thread_message(seen.id, "thanks!")
     server.add_thread_message(seen.id, f"{mention} hello", author=other_bot)
+    server.add_thread_message(dm, "thanks a lot")
 
     with running_bot(engine):
         server.wait_for(lambda: discord_answers(server, missed.id), timeout=30)
         server.wait_for(lambda: len(discord_answers(server, seen.id)) == 2, timeout=30)
+        server.wait_for(lambda: len(discord_answers(server, dm)) == 2, timeout=30)
         assert caught_up(caplog, "discord", server.channel_id) == [2]
+        assert caught_up(caplog, "discord", dm) == [1]
         assert engine.queue.wait(timeout=30)
     assert discord_answers(server, missed.id)[0].startswith(GREETING)
     assert discord_answers(server, seen.id)[1] == THANKS
+    assert discord_answers(server, dm)[1] == THANKS
     assert server.threads[missed.id]["parent_id"] == server.channel_id  # a thread opened on the missed mention
-    answered = {channel: len(discord_answers(server, channel)) for channel in (server.channel_id, seen.id, missed.id)}
+    answered = {channel: len(discord_answers(server, channel))
+                for channel in (server.channel_id, seen.id, missed.id, dm)}
 
     with running_bot(engine):  # online once more: nothing is answered twice
         assert caught_up(caplog, "discord", server.channel_id, times=2) == [2, 0]
+        assert caught_up(caplog, "discord", dm, times=2) == [1, 0]
         assert engine.queue.wait(timeout=30)
         time.sleep(0.3)
     assert {channel: len(discord_answers(server, channel)) for channel in answered} == answered
