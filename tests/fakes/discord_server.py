@@ -1019,7 +1019,10 @@ class FakeDiscordServer:
         before = int(request.query.get("before", 1 << 63))
         after = int(request.query.get("after", 0))
         found = [m for m in reversed(self.messages_in(cid)) if not m.ephemeral and after < int(m.id) < before]
-        return json_response([self._message_json(m) for m in found[:limit]])
+        # Newest first either way; with only `after`, Discord returns the messages just after it
+        # (discord.py's oldest-first paging takes the first one as the next `after`).
+        page = found[-limit:] if "after" in request.query and "before" not in request.query else found[:limit]
+        return json_response([self._message_json(m) for m in page])
 
     async def _post_message(self, request: web.Request) -> web.Response:
         cid = request.match_info["channel_id"]

@@ -293,6 +293,12 @@ def test_history_pages_and_a_hidden_channel_is_403(discord_server: FakeDiscordSe
             return [m.content async for m in channel.history(limit=limit)]
 
         assert running.run(read(3)) == ["message 4", "message 3", "message 2"]
+
+        async def read_after(first: str, limit: int) -> list[str]:  # oldest first: the ones just after `first`
+            return [m.content async for m in channel.history(limit=limit, after=discord.Object(int(first)))]
+
+        first = server.messages_in(server.channel_id)[0].id
+        assert running.run(read_after(first, 3)) == ["message 1", "message 2", "message 3"]
         server.history_hidden.add(server.channel_id)
         with pytest.raises(discord.Forbidden):
             running.run(read(3))
