@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from bot import embeddings
 from tests.support.engines import REPO, run_bot
 
 PLUGIN = '''
@@ -28,3 +29,13 @@ def test_a_plugins_health_check_is_a_doctor_line_and_fails_the_doctor(tmp_path: 
     assert "FAIL ticketing ticket tracker not skipped" in result.stdout
     assert "fix: export TICKETS_TOKEN" in result.stdout
     assert result.stderr.strip().splitlines() == ["error: 1 check failed: ticketing"] and result.returncode == 2
+
+
+def test_the_doctor_says_whether_memory_search_is_semantic(tmp_path: Path) -> None:
+    switched_off = run_bot(["doctor", "--offline"], tmp_path, BOT_SEMANTIC_SEARCH="off")
+    assert "ok   memory    semantic search off (BOT_SEMANTIC_SEARCH=off): full-text only" in switched_off.stdout
+    default = run_bot(["doctor", "--offline"], tmp_path)
+    if embeddings.installed():
+        assert "ok   memory    semantic search on: local model wordllama/l2_supercat_256" in default.stdout
+    else:
+        assert "warn memory    semantic search off (the `embeddings` extra is not installed)" in default.stdout
