@@ -8,6 +8,7 @@ Without the extra, or with `BOT_SEMANTIC_SEARCH=off`, memory search is full-text
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -37,6 +38,7 @@ def switched_on() -> bool:
     return os.environ.get(SWITCH_ENV, "").strip().lower() not in _OFF
 
 
+@functools.cache
 def installed() -> bool:
     """Return whether the extra is installed (wordllama, its weights and numpy), without importing it."""
     spec = importlib.util.find_spec("wordllama")
