@@ -341,9 +341,13 @@ class DiscordBot:
                     break
                 self.cursors.saw(channel_id, str(message.id))
                 count += await self._answer(message)
-            log.info("discord: channel %s had %d missed message(s) for me (%d read since %s%s)", channel_id, count,
-                     len(missed.messages), after, "; more were left unread" if missed.cut_off else "")
+            # Every channel at DEBUG, the ones with something to say at INFO: a new session is routine.
+            log.log(logging.INFO if count or missed.cut_off else logging.DEBUG,
+                    "discord: channel %s had %d missed message(s) for me (%d read since %s%s)", channel_id, count,
+                    len(missed.messages), after, "; more were left unread" if missed.cut_off else "")
             answered += count
+        if since:
+            log.info("discord: caught up on %d channel(s): %d missed message(s) answered", len(since), answered)
         return answered
 
     def _active_threads(self, channel_id: str, now: float) -> list[tuple[str, str | None]]:

@@ -318,9 +318,12 @@ class SlackAdapter:
                     continue
                 dispatched = self.engine.receive(message) if message is not None else None
                 count += dispatched is not None and not dispatched.duplicate
-            log.info("slack: %s had %d missed message(s) for me (%d read since %s%s)", channel, count,
-                     len(missed.events), after, "; more were left unread" if missed.cut_off else "")
+            # Every channel at DEBUG, the ones with something to say at INFO: a reconnect is routine.
+            log.log(logging.INFO if count or missed.cut_off else logging.DEBUG,
+                    "slack: %s had %d missed message(s) for me (%d read since %s%s)", channel, count,
+                    len(missed.events), after, "; more were left unread" if missed.cut_off else "")
             answered += count
+        log.info("slack: caught up on %d channel(s): %d missed message(s) answered", len(since), answered)
         return answered
 
     # -- from Slack to the engine -----------------------------------------------------------------

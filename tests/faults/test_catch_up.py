@@ -34,6 +34,12 @@ THANKS = "You're welcome!"
 DM = "D0ALICE"
 
 
+def watch_catch_up(caplog: pytest.LogCaptureFixture, platform: str) -> None:
+    """Capture the adapter's log down to DEBUG (a channel with nothing missed is logged there), not Bolt's."""
+    caplog.set_level(logging.INFO, logger="adapters.slack.bolt")
+    caplog.set_level(logging.DEBUG, logger=f"adapters.{platform}")  # the last call sets the handler's level
+
+
 def caught_up(caplog: pytest.LogCaptureFixture, platform: str, channel: str, times: int = 1) -> list[int]:
     """Wait for the `times`-th catch-up log line about the channel; return each line's count of missed messages."""
     pattern = re.compile(rf"^{platform}: (?:channel )?{channel} had (\d+) missed message")
@@ -44,6 +50,15 @@ def caught_up(caplog: pytest.LogCaptureFixture, platform: str, channel: str, tim
             return counts
         time.sleep(0.05)
     raise TimeoutError(f"no catch-up log line for {channel} (wanted {times})")
+
+
+def logged(caplog: pytest.LogCaptureFixture, line: str, level: int = logging.INFO) -> None:
+    """Wait until the log holds this line at this level."""
+    deadline = time.monotonic() + 30
+    while not any(r.levelno == level and r.getMessage() == line for r in caplog.records):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not logged: {line!r}")
+        time.sleep(0.05)
 
 
 def seen_by(positions: Any, channel: str) -> str:
@@ -69,7 +84,7 @@ def slack_ts(at: float) -> str:
 
 def test_slack_answers_each_mention_reply_and_dm_missed_while_away_once(
         make_engine: EngineBuilder, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="adapters.slack")
+    watch_catch_up(caplog, "slack")
     engine, _ = make_engine(queue=InProcessQueue())
     with FakeSlackServer() as slack:
         with socket_adapter(engine, slack):
@@ -94,6 +109,7 @@ def test_slack_answers_each_mention_reply_and_dm_missed_while_away_once(
             replies(slack, direct.ts, channel=DM)
             assert caught_up(caplog, "slack", CHANNEL) == [3]
             assert caught_up(caplog, "slack", DM) == [1]
+            logged(caplog, "slack: caught up on 2 channel(s): 4 missed message(s) answered")
             assert engine.queue.wait(timeout=30)
         assert [bot_texts(slack, CHANNEL, t)[0][:len(GREETING)] for t in (first.ts, second.ts)] == [GREETING] * 2
         assert bot_texts(slack, CHANNEL, seen)[1:] == [THANKS]
@@ -104,6 +120,7 @@ def test_slack_answers_each_mention_reply_and_dm_missed_while_away_once(
         with socket_adapter(engine, slack):  # back once more: everything was answered already
             assert caught_up(caplog, "slack", CHANNEL, times=2) == [3, 0]
             assert caught_up(caplog, "slack", DM, times=2) == [1, 0]
+            logged(caplog, "slack: caught up on 2 channel(s): 0 missed message(s) answered")
             assert engine.queue.wait(timeout=30)
             time.sleep(0.3)  # a second answer would have been posted by now
         assert len(slack.bot_messages()) == before
@@ -113,7 +130,7 @@ def test_slack_answers_each_mention_reply_and_dm_missed_while_away_once(
 
 def test_slack_catches_up_when_socket_mode_reconnects_and_in_http_mode(
         make_engine: EngineBuilder, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="adapters.slack")
+    watch_catch_up(caplog, "slack")
     engine, _ = make_engine(queue=InProcessQueue())
     with FakeSlackServer() as slack:
         with socket_adapter(engine, slack):
@@ -141,7 +158,7 @@ def test_slack_catches_up_when_socket_mode_reconnects_and_in_http_mode(
 
 def test_slack_does_not_answer_what_is_older_than_the_catch_up_horizon(
         make_engine: EngineBuilder, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="adapters.slack")
+    watch_catch_up(caplog, "slack")
     engine, _ = make_engine(queue=InProcessQueue())
     now = time.time()
     with FakeSlackServer() as slack:
@@ -181,7 +198,7 @@ def running_bot(engine: Engine) -> DiscordBot:
 
 def test_discord_answers_each_message_missed_while_offline_once(
         make_engine: EngineBuilder, discord_server: FakeDiscordServer, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="adapters.discord")
+    watch_catch_up(caplog, "discord")
     server = discord_server
     engine, _ = make_engine(queue=InProcessQueue(), DISCORD_TOKEN=server.token, **server.env)
     mention = f"<@{server.bot_id}>"
