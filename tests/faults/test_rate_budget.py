@@ -23,7 +23,9 @@ from pathlib import Path
 from redis import Redis
 from rq import Worker
 
-from bot.rate_budget import LocalBuckets, RedisBuckets
+from bot.progress import LiveMessage
+from bot.rate_budget import EDIT, POST, Limit, LocalBuckets, RateBudget, RedisBuckets
+from bot.types import Reply, ThreadRef
 from tests.adapters.test_slack import CHANNEL, socket_adapter
 from tests.fakes.slack_server import BOT_USER_ID, FakeSlackServer
 from tests.support.engines import REPO, EngineBuilder
@@ -102,6 +104,29 @@ def test_an_intermediate_edit_leaves_the_reserve_for_a_final_one() -> None:
     assert buckets.try_take("slow", 0.001, 2, keep=1) == 0  # 2 tokens, keeps 1: granted
     assert buckets.try_take("slow", 0.001, 2, keep=1) > 0  # 1 left: an intermediate edit waits
     assert buckets.try_take("slow", 0.001, 2) == 0  # a final edit or a new post takes it
+
+
+def test_live_messages_of_one_channel_share_its_budget_and_every_final_state_lands(
+        make_engine: EngineBuilder) -> None:
+    engine, port = make_engine()
+    shared = Limit("messages", RATE_PER_S, BURST)  # posts and edits of the channel, as on Discord
+    engine.rate_budget = RateBudget(LocalBuckets(), {("test", POST): shared, ("test", EDIT): shared})
+    conversations = [engine.inbox.conversation(ThreadRef("test", "C1", f"t{n}"), f"thread {n}") for n in range(3)]
+    started = time.monotonic()
+    lives = [LiveMessage.in_thread(engine, conversation, interval=0.05) for conversation in conversations]
+    for n, live in enumerate(lives):
+        live.start(Reply(f"{n}: queued", partial=True))
+    for step in range(40):
+        for n, live in enumerate(lives):
+            live.update(Reply(f"{n}: step {step}", partial=True))
+        time.sleep(0.01)
+    for n, live in enumerate(lives):
+        live.finish(Reply(f"{n}: done"))
+    ended = time.monotonic()
+    assert [port.last(message_id) for message_id in port.order] == ["0: done", "1: done", "2: done"]
+    calls = len(port.order) + len(port.edits)
+    assert calls <= RATE_PER_S * (ended - started) + BURST, calls  # 120 updates became what the budget allowed
+    assert len(port.edits) < 3 * 40
 
 
 def start_worker(env: dict[str, str], name: str, log: Path) -> subprocess.Popen[bytes]:
