@@ -200,7 +200,9 @@ class Engine:
         refusal = self.refusal(message, decision)
         steered = self._run_to_steer(message, conversation, decision) if refusal is None else None
         if steered is not None:
-            decision = RouteDecision(Route.AGENT, runs.STEER_STAGE, 1.0, f"steers running run {steered.id}",
+            # Recorded as what happens: steering, or (its agent cannot take it) the next run.
+            stage = runs.STEER_STAGE if self._steerable(steered) else runs.QUEUE_STAGE
+            decision = RouteDecision(Route.AGENT, stage, 1.0, f"{stage}: run {steered.id} is running",
                                      text=decision.text)
         if refusal is not None:
             reply: Reply | None = self._redacted(refusal)
@@ -253,14 +255,17 @@ class Engine:
                message_id: int) -> bool:
         """Hand the message to the running run; return False when its agent cannot take it (it is queued)."""
         text = decision.text if decision.text is not None else message.text
-        agent = self.agents.get(run.agent)
-        if getattr(agent, "steerable", False):
+        if self._steerable(run):
             who = message.user_name or message.user_id
             self.signals.send(run.id, Signal(STEER, who=who, text=text, data={"message_id": message_id}))
             return True
         self.port_for(message.where.platform).post(message.where, self._redacted(
             runs.CANNOT_STEER.format(run=run.id, agent=run.agent)))
         return False
+
+    def _steerable(self, run: AgentRun) -> bool:
+        """Return True if the run's agent takes messages while it runs (`bot.types.SteerableAgent`)."""
+        return bool(getattr(self.agents.get(run.agent), "steerable", False))
 
     def say_choices(self, conversation: Conversation, reply: Reply | str, choices: list[Choice], *,
                     typed_hint: str = "") -> str:
