@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from pathlib import Path
 
 import pytest
 
+from adapters.console import ConsoleChat
 from bot.approvals import NOTHING_PENDING, TYPED_HINT
 from bot.db.repositories import Runs
 from bot.engine import Engine, set_current
@@ -171,3 +173,21 @@ def test_in_cold_mode_matching_calls_are_refused_and_doctor_warns(tmp_path: Path
     assert not (tmp_path / "data" / "workspaces" / "1" / "cold.txt").exists()
     assert not request_message(view)  # nobody is asked in cold mode
     assert "✗ ran `touch cold.txt`" in view.last(view.order[0])
+
+
+def test_the_console_is_told_to_type_approve_and_its_approve_is_taken(tmp_path: Path, model,
+                                                                      make_engine: EngineBuilder) -> None:
+    model.script(Turn.bash("touch console.txt"), Turn.text("Touched from the console."))
+    engine, _ = warm_engine(make_engine, agent_settings(tmp_path, model))
+    engine.manifest.agent.ask = [{"bash": "touch *"}]
+    out = io.StringIO()
+    chat = ConsoleChat(engine, "approvals", interactive=False, concurrent=True, out=out)
+    chat.send("/agent touch console.txt")
+    wait_until(lambda: "🔐" in out.getvalue(), 60, "the approval request in the console")
+    assert TYPED_HINT in out.getvalue()
+    chat.send("/approve")
+    assert chat.drain(timeout=120)
+    printed = out.getvalue()
+    assert f"✅ Approved once by {chat.user}: run `touch console.txt`" in printed
+    assert "Touched from the console." in printed
+    assert (tmp_path / "data" / "workspaces" / "1" / "console.txt").exists()
