@@ -22,11 +22,17 @@ _EXPORTS = {
     "Agent": "bot.types",
     "ChatPort": "bot.types",
     "ThreadHistoryPort": "bot.types",
+    "ChoicePort": "bot.types",
+    "SteerableAgent": "bot.types",
+    # what a steerable agent gets while it runs (steering messages, approval answers)
+    "RunInbox": "bot.signals",
+    "Signal": "bot.signals",
     # what flows through it
     "AgentOutcome": "bot.types",
     "AgentRun": "bot.types",
     "AgentTask": "bot.types",
     "Attachment": "bot.types",
+    "Choice": "bot.types",
     "Command": "bot.types",
     "CommandContext": "bot.types",
     "Conversation": "bot.types",
