@@ -40,7 +40,8 @@ KEY_PREFIX = "threadwork:rate"
 
 #: One token bucket: take a token when at least 1 + `keep` are there, else say when there will be.
 #: KEYS[1] the bucket; ARGV rate per second, burst, tokens to keep. Returns the seconds to wait
-#: as a string (Lua numbers come back from Redis as integers), "0" when a token was taken.
+#: as a string (Lua numbers come back from Redis as integers), "0.000000" when a token was
+#: taken. Times are written to the microsecond: `tostring` keeps 14 digits, 0.1 ms of a clock.
 TAKE_SCRIPT = """
 local rate, burst, keep = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local clock = redis.call('TIME')
@@ -60,9 +61,9 @@ if tokens >= 1 + keep then
 else
   wait = (1 + keep - tokens) / rate
 end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(at))
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens), 'at', string.format('%.6f', at))
 redis.call('PEXPIRE', KEYS[1], math.ceil((burst / rate) * 1000) + 1000)
-return tostring(wait)
+return string.format('%.6f', wait)
 """
 
 
