@@ -335,6 +335,9 @@ class DiscordBot:
                             "messages stay unanswered (the bot needs Read Message History)", channel_id,
                             exc.status, exc.text)
                 continue
+            if missed.elsewhere:
+                log.debug("discord: channel %s is another shard's; its process catches up there", channel_id)
+                continue
             count = 0
             for message in missed.messages:
                 if self._closing:

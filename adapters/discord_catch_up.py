@@ -34,6 +34,18 @@ class MissedMessages:
     messages: list[discord.Message] = field(default_factory=list)
     #: True when the channel or a thread held more than `CATCH_UP_MAX_MESSAGES` since: the oldest were not read.
     cut_off: bool = False
+    #: True when the channel's events go to another process's shards: its catch-up is that process's.
+    elsewhere: bool = False
+
+
+def served_here(client: discord.Client, channel: object) -> bool:
+    """Return whether this client's shards receive the channel's events (a direct message's go to shard 0)."""
+    count = client.shard_count
+    shard_ids = getattr(client, "shard_ids", None) or ([client.shard_id] if client.shard_id is not None else None)
+    if not count or count <= 1 or not shard_ids:
+        return True
+    guild = getattr(channel, "guild", None)
+    return ((guild.id >> SNOWFLAKE_TIME_SHIFT) % count if guild is not None else 0) in shard_ids
 
 
 def start_after(cursor: str, now: float) -> int:
@@ -58,6 +70,8 @@ async def missed_messages(client: discord.Client, channel_id: str, *, after: int
     for index, (place, bound) in enumerate(places):
         try:
             channel = client.get_channel(int(place)) or await client.fetch_channel(int(place))
+            if index == 0 and not served_here(client, channel):
+                return MissedMessages(elsewhere=True)
             if not isinstance(channel, discord.abc.Messageable):
                 continue
             read = [message async for message in channel.history(

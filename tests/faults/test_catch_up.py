@@ -190,8 +190,8 @@ def discord_answers(server: FakeDiscordServer, channel_id: str) -> list[str]:
     return [m.content for m in server.messages_in(channel_id) if m.author["id"] == server.bot_id]
 
 
-def running_bot(engine: Engine) -> DiscordBot:
-    bot = DiscordBot(engine, guild_ready_timeout=0.05)
+def running_bot(engine: Engine, **client_options: Any) -> DiscordBot:
+    bot = DiscordBot(engine, guild_ready_timeout=0.05, **client_options)
     engine.attach_port(bot.port)
     return bot
 
@@ -239,3 +239,28 @@ def test_discord_answers_each_message_missed_while_offline_once(
         assert engine.queue.wait(timeout=30)
         time.sleep(0.3)
     assert {channel: len(discord_answers(server, channel)) for channel in answered} == answered
+
+
+def test_discord_catch_up_is_left_to_the_process_whose_shard_carries_the_channel(
+        make_engine: EngineBuilder, discord_server: FakeDiscordServer, caplog: pytest.LogCaptureFixture) -> None:
+    watch_catch_up(caplog, "discord")
+    server = discord_server
+    engine, _ = make_engine(queue=InProcessQueue(), DISCORD_TOKEN=server.token, **server.env)
+    with running_bot(engine):
+        seen = server.send_message_create(server.channel_id, f"<@{server.bot_id}> hello")
+        server.wait_for(lambda: discord_answers(server, seen.id))
+        assert engine.queue.wait(timeout=30)
+    missed = server.add_thread_message(server.channel_id, f"<@{server.bot_id}> hello again")
+    owner = (int(server.guild_id) >> 22) % 2
+
+    def history_reads() -> int:
+        return len(server.calls_to("GET", rf"^/channels/{server.channel_id}/messages"))
+
+    with running_bot(engine, shard_id=1 - owner, shard_count=2):  # another process's shard
+        logged(caplog, f"discord: channel {server.channel_id} is another shard's; its process catches up there",
+               logging.DEBUG)
+        assert history_reads() == 0 and discord_answers(server, missed.id) == []
+    with running_bot(engine, shard_id=owner, shard_count=2):
+        server.wait_for(lambda: discord_answers(server, missed.id), timeout=30)
+        assert engine.queue.wait(timeout=30)
+    assert history_reads() == 1
