@@ -449,7 +449,8 @@ class FakeSlackServer:
     def refuse(self, method: str, error: str | None) -> None:
         """Answer every call of ``method`` with ``{"ok": false, "error": error}`` (None: stop refusing).
 
-        Supported for ``conversations.replies`` (e.g. ``missing_scope``, ``not_in_channel``)."""
+        Supported for ``conversations.replies`` and ``conversations.history`` (e.g. ``missing_scope``,
+        ``not_in_channel``)."""
         with self._cond:
             if error is None:
                 self._refusals.pop(method, None)
@@ -900,6 +901,9 @@ class FakeSlackServer:
         """Top-level messages (and thread broadcasts), newest first, between ``oldest`` and ``latest``
         (exclusive unless ``inclusive``), a page of ``limit`` at a time; a thread's parent carries
         ``reply_count`` and ``latest_reply`` as Slack's does."""
+        refused = self._refusals.get("conversations.history")
+        if refused:
+            raise SlackApiFailure(refused)
         channel = str(params.get("channel", ""))
         top = [m for m in self.messages if m.channel == channel
                and (m.thread_ts is None or m.thread_ts == m.ts or m.subtype == "thread_broadcast")]

@@ -264,3 +264,37 @@ def test_discord_catch_up_is_left_to_the_process_whose_shard_carries_the_channel
         server.wait_for(lambda: discord_answers(server, missed.id), timeout=30)
         assert engine.queue.wait(timeout=30)
     assert history_reads() == 1
+
+
+def test_history_the_platform_refuses_is_named_in_the_log_and_nothing_breaks(
+        make_engine: EngineBuilder, discord_server: FakeDiscordServer, caplog: pytest.LogCaptureFixture) -> None:
+    watch_catch_up(caplog, "slack")
+    watch_catch_up(caplog, "discord")
+    slack_engine, _ = make_engine(queue=InProcessQueue())
+    with FakeSlackServer() as slack:
+        with socket_adapter(slack_engine, slack):
+            _, seen = mention(slack, "hello")
+            replies(slack, seen)
+        slack.add_thread_message(CHANNEL, f"<@{BOT_USER_ID}> hello")
+        slack.refuse("conversations.history", "missing_scope")
+        with socket_adapter(slack_engine, slack):
+            logged(caplog, f"slack: cannot read what {CHANNEL} said while I was away (missing_scope); its missed "
+                           "messages stay unanswered (scopes channels:history, groups:history, im:history)",
+                   logging.WARNING)
+            logged(caplog, "slack: caught up on 1 channel(s): 0 missed message(s) answered")
+
+    server = discord_server
+    engine, _ = make_engine(queue=InProcessQueue(), DISCORD_TOKEN=server.token, **server.env)
+    with running_bot(engine):
+        seen_here = server.send_message_create(server.channel_id, f"<@{server.bot_id}> hello")
+        server.wait_for(lambda: discord_answers(server, seen_here.id))
+        assert engine.queue.wait(timeout=30)
+    missed = server.add_thread_message(server.channel_id, f"<@{server.bot_id}> hello again")
+    server.history_hidden.add(server.channel_id)  # the bot lost Read Message History there
+    with running_bot(engine):
+        logged(caplog, f"discord: cannot read what channel {server.channel_id} said while I was away (403 Missing "
+                       "Access); its missed messages stay unanswered (the bot needs Read Message History)",
+               logging.WARNING)
+        logged(caplog, "discord: caught up on 1 channel(s): 0 missed message(s) answered")
+    assert discord_answers(server, missed.id) == []
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback anywhere
