@@ -5,7 +5,9 @@ The fault injected is the bot being away: the real adapter is closed, people kee
 as the platform would keep them while nobody listens), and a new adapter connects on the same
 database. It reads each channel's history since the last message it saw there and answers what
 was addressed to it, in the threads it would have used live; a second reconnect answers nothing
-again; a message older than the catch-up horizon is not answered.
+again; a message older than the catch-up horizon is not answered. Also: a Socket Mode reconnect
+and HTTP mode catch up; a Discord process leaves another shard's channels alone; history the
+platform refuses is named in the log.
 """
 
 from __future__ import annotations
