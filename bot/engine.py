@@ -353,9 +353,12 @@ class Engine:
         return self._redacted(result or f"Done: `{command.name}`.")
 
     def _post_stored(self, conversation: Conversation, reply: Reply, reply_id: int | None) -> None:
-        """Post a reply already stored; if the platform refuses it, the stored row goes too."""
+        """Post a reply already stored (after a 429, again: see `patiently`); if the platform
+        refuses it, the stored row goes too."""
+        port = self.port_for(conversation.where.platform)
         try:
-            self.port_for(conversation.where.platform).post(conversation.where, reply)
+            self.rate_budget.take(conversation.where, POST)
+            patiently(lambda: port.post(conversation.where, reply))
         except Exception:  # boundary: the platform call for one message
             log.exception("posting a command reply to %s failed", conversation.where)
             if reply_id is not None:

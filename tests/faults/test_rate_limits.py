@@ -52,3 +52,19 @@ def test_a_429_storm_on_posts_and_edits_ends_with_every_status_and_answer_right(
     assert all("Listed the files" in texts[0] for texts in answered())
     # A status and an answer per run, and the three posts refused with 429 sent once more each.
     assert len(slack_server.calls_to("chat.postMessage")) == 2 * RUNS + 3
+
+
+def test_a_command_answered_in_dispatch_lands_after_a_429(
+        make_engine: EngineBuilder, slack_server: FakeSlackServer) -> None:
+    engine, _ = make_engine(queue=InProcessQueue(), manifest=TOY)
+    with socket_adapter(engine, slack_server):
+        slack_server.rate_limit("chat.postMessage", times=1, retry_after=1)
+        thread = slack_server.envelope(slack_server.send_event(
+            {"type": "app_mention", "channel": CHANNEL, "text": f"<@{BOT_USER_ID}> /help"})).event["ts"]
+
+        def replies() -> list[str]:
+            return [m.text for m in slack_server.messages_in_thread(CHANNEL, thread) if m.bot_id]
+
+        slack_server.wait_for(replies, timeout=10)
+    assert len(replies()) == 1 and "/agent" in replies()[0]  # the help text, once, a second late
+    assert len(slack_server.calls_to("chat.postMessage")) == 2  # refused once, sent again once
