@@ -139,6 +139,20 @@ def test_another_process_writes_and_forgets_and_the_cached_vectors_follow(databa
         writer.close()
 
 
+@needs_model
+def test_a_proposal_gets_its_vector_when_someone_confirms_it(db: Database) -> None:
+    person, channel, team = scopes_for("slack", "C042", "U1")
+    with db.session() as s:
+        proposal_id = Memories(s).propose(DEPLOYS, scope=channel, conversation_id=Conversations(s).ensure(HERE).id,
+                                          platform_message_id="1700000000.000500", tokens=8)
+    assert vector_rows(db) == 0 and found(db, [person, channel, team], "when do we ship?") == []
+    with db.session() as s:
+        repository = Memories(s)
+        assert repository.confirm(repository.get([proposal_id])[0])
+    assert vector_rows(db, proposal_id) == 1
+    assert found(db, [person, channel, team], "when do we ship?") == [DEPLOYS]
+
+
 def test_with_semantic_search_switched_off_memories_are_found_by_their_words_only(
         db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(embeddings.SWITCH_ENV, "off")
