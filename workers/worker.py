@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
 from collections.abc import Callable
+from typing import Any
 
 from bot import constants
 from bot.config import Settings, resolve_agent_binary
 from bot.db import safe_url
 from bot.engine import Engine, set_current
+from bot.errors import UserFacingError
 from workers.reaper import Reaper
+
+log = logging.getLogger(__name__)
 
 
 def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None,
@@ -23,6 +30,8 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
     set_current(engine)
     reaper = Reaper(engine).start()
     connection = engine.queue.connection  # type: ignore[attr-defined]
+    if name:
+        free_stale_name(connection, name)
     rq_worker = Worker([Queue(constants.QUEUE_NAME, connection=connection)], connection=connection, name=name,
                        job_monitoring_interval=constants.JOB_HEARTBEAT_S)
     # An agent with a server per worker (opencode, agent.mode: warm) starts it here, in the
@@ -36,6 +45,37 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
         reaper.stop()
         stop_agents(engine)
     return 0
+
+
+def free_stale_name(connection: Any, name: str) -> None:
+    """Let a restarted worker take its name back from its dead self; refuse a name a live worker holds.
+
+    RQ keeps a killed worker registered until its key expires (minutes), and refuses a second
+    worker of that name meanwhile. A worker of this name registered from this host whose process
+    is gone is unregistered; one alive, or on another host (where this one cannot look), is a
+    clear error naming it.
+    """
+    from rq import Worker
+
+    old = Worker.find_by_key(Worker.redis_worker_namespace_prefix + name, connection=connection)
+    if old is None:
+        return
+    if old.hostname == socket.gethostname() and old.pid and not _alive(old.pid):
+        old.register_death()
+        log.warning("worker %s: its previous process (pid %s) is gone; taking its name back", name, old.pid)
+        return
+    raise UserFacingError(f"a worker named {name} is already registered (host {old.hostname}, pid {old.pid}): "
+                          "stop it, or give this one another --name")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def start_agents(engine: Engine) -> list[str]:

@@ -23,7 +23,7 @@ from tests.adapters.test_slack import CHANNEL
 from tests.fakes.anthropic_server import FakeAnthropicServer
 from tests.fakes.openai_server import Turn
 from tests.fakes.slack_server import FakeSlackServer
-from tests.support.engines import EngineBuilder, make_settings
+from tests.support.engines import EngineBuilder, make_settings, run_bot
 from tests.workers.agent_support import agent_settings, processes_with, requires_opencode, wait_until
 from tests.workers.test_agent_runs_redis import model, start_worker, stop  # noqa: F401 (a fixture)
 
@@ -101,3 +101,28 @@ def test_a_question_whose_worker_died_mid_answer_is_answered_once_by_another(
                 stop(rescuer)
     assert len(answers) == 1
     assert len(anthropic_server.message_requests) == 2  # the lost try, and the one that answered
+
+
+def test_a_killed_worker_restarts_under_its_name_and_a_live_name_is_refused(tmp_path: Path, redis_url: str) -> None:
+    settings = make_settings(tmp_path, REDIS_URL=redis_url)
+    first = start_worker(settings, "worker-1")
+    try:
+        wait_until(lambda: worker_names(redis_url) == {"worker-1"}, 60, "worker-1 to register")
+        twin = run_bot(["worker", "--name", "worker-1", "--burst"], tmp_path, timeout=60, REDIS_URL=redis_url)
+        assert twin.returncode != 0 and "a worker named worker-1 is already registered" in twin.stderr
+        assert "Traceback" not in twin.stderr
+        os.killpg(first.pid, signal.SIGKILL)  # RQ keeps it registered for minutes
+        first.wait(10)
+        again = run_bot(["worker", "--name", "worker-1", "--burst"], tmp_path, timeout=60, REDIS_URL=redis_url)
+        assert again.returncode == 0, again.stderr
+        assert "worker ready: worker-1" in again.stderr and "taking its name back" in again.stderr
+    finally:
+        stop(first)
+
+
+def worker_names(redis_url: str) -> set[str]:
+    from redis import Redis
+    from rq import Worker
+
+    with Redis.from_url(redis_url) as redis:
+        return {worker.name for worker in Worker.all(connection=redis)}
