@@ -191,3 +191,20 @@ def test_the_console_is_told_to_type_approve_and_its_approve_is_taken(tmp_path: 
     assert f"✅ Approved once by {chat.user}: run `touch console.txt`" in printed
     assert "Touched from the console." in printed
     assert (tmp_path / "data" / "workspaces" / "1" / "console.txt").exists()
+
+
+def test_an_edit_request_shows_its_diff_and_a_typed_reject_keeps_the_file_out(tmp_path: Path, model,
+                                                                               make_engine: EngineBuilder) -> None:
+    workspace = tmp_path / "data" / "workspaces" / "1"
+    model.script(Turn.write(str(workspace / "drop.sql"), "DROP TABLE users;\n"), Turn.text("never asked"))
+    engine, view = warm_engine(make_engine, agent_settings(tmp_path, model))
+    engine.manifest.agent.ask = [{"edit": "*.sql"}]
+    ask(engine, "/agent write drop.sql")
+    request = wait_until(lambda: request_message(view), 60, "the approval request")
+    first = view.texts(request)[0]
+    assert "asks to edit `drop.sql`" in first and "```diff" in first and "+DROP TABLE users;" in first
+    ask(engine, "/reject")
+    assert engine.queue.wait(timeout=120)
+    assert view.last(request) == "⛔ Rejected by ana: edit `drop.sql`"
+    assert not (workspace / "drop.sql").exists()
+    assert "The agent stopped: edit `drop.sql` was rejected." in [view.last(m) for m in view.order]
