@@ -124,7 +124,14 @@ class WarmRun:
         headers = directory_header(task.workspace)
         if task.session_id:
             here = bring_session(api, headers, task.session_id, task.workspace, self.server.spec.state_dir, self.states)
-            return task.session_id if here else None
+            if not here:
+                return None
+            # A follow-up gets today's rules (agent.ask may have changed since the session began).
+            answer = api.patch(f"/session/{task.session_id}", headers=headers,
+                               json={"permission": session_rules(task.allow_webfetch, task.ask)})
+            if answer.status_code >= 400:
+                log.warning("run %s: the session's permission rules were not updated: %s", task.run_id, answer.text)
+            return task.session_id
         answer = api.post("/session", headers=headers,
                           json={"title": f"Run {task.run_id}",
                                 "permission": session_rules(task.allow_webfetch, task.ask)})

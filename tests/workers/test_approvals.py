@@ -208,3 +208,20 @@ def test_an_edit_request_shows_its_diff_and_a_typed_reject_keeps_the_file_out(tm
     assert view.last(request) == "⛔ Rejected by ana: edit `drop.sql`"
     assert not (workspace / "drop.sql").exists()
     assert "The agent stopped: edit `drop.sql` was rejected." in [view.last(m) for m in view.order]
+
+
+def test_a_follow_up_gets_rules_set_after_its_session_began(tmp_path: Path, model,
+                                                            make_engine: EngineBuilder) -> None:
+    model.script(Turn.text("First, with no rules."), Turn.bash("touch later.txt"), Turn.text("Touched later."))
+    engine, view = warm_engine(make_engine, agent_settings(tmp_path, model))
+    ask(engine, "/agent say hello")
+    assert engine.queue.wait(timeout=120)
+    engine.manifest.agent.ask = [{"bash": "touch *"}]  # set between the two runs of one session
+    ask(engine, "/agent touch later.txt")
+    request = wait_until(lambda: request_message(view), 60, "the approval request")
+    ask(engine, "/approve")
+    assert engine.queue.wait(timeout=120)
+    first, second = sorted(runs_of(engine), key=lambda run: run.id)
+    assert second.session_id == first.session_id and second.state == RunState.DONE
+    assert view.last(request) == "✅ Approved once by ana: run `touch later.txt`"
+    assert (tmp_path / "data" / "workspaces" / "1" / "later.txt").exists()
