@@ -18,13 +18,14 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from redis import Redis
 from rq import Worker
 
 from bot.progress import LiveMessage
-from bot.rate_budget import EDIT, POST, Limit, LocalBuckets, RateBudget, RedisBuckets
+from bot.rate_budget import EDIT, LIMITS, POST, Limit, LocalBuckets, RateBudget, RedisBuckets
 from bot.types import Reply, ThreadRef
 from tests.adapters.test_slack import CHANNEL, socket_adapter
 from tests.fakes.slack_server import BOT_USER_ID, FakeSlackServer
@@ -104,6 +105,25 @@ def test_an_intermediate_edit_leaves_the_reserve_for_a_final_one() -> None:
     assert buckets.try_take("slow", 0.001, 2, keep=1) == 0  # 2 tokens, keeps 1: granted
     assert buckets.try_take("slow", 0.001, 2, keep=1) > 0  # 1 left: an intermediate edit waits
     assert buckets.try_take("slow", 0.001, 2) == 0  # a final edit or a new post takes it
+
+
+def test_what_shares_a_bucket_follows_each_platform() -> None:
+    # The real table's bursts and scopes, refilling too slowly to matter while the test runs.
+    budget = RateBudget(LocalBuckets(), {kind: replace(limit, rate_per_s=0.001) for kind, limit in LIMITS.items()})
+
+    def granted(platform: str, channel: str, thread: str, kind: str) -> bool:
+        return budget.try_take(ThreadRef(platform, channel, thread), kind) == 0
+
+    # Slack: the threads of a channel share its posts (burst 2); another channel has its own.
+    assert [granted("slack", "C1", f"t{n}", POST) for n in range(3)] == [True, True, False]
+    assert granted("slack", "C2", "t1", POST)
+    # Slack's chat.update limit is the workspace's: edits in five channels use it up.
+    assert [granted("slack", f"C{n}", "t", EDIT) for n in range(6)] == [True] * 5 + [False]
+    # Discord: posts and edits of a thread share its bucket (burst 4); a thread is a channel of its own.
+    assert [granted("discord", "D1", "th1", kind) for kind in (POST, EDIT, POST, EDIT, POST)] == [True] * 4 + [False]
+    assert granted("discord", "D1", "th2", POST)
+    # The console has no limit.
+    assert all(granted("console", "local", "main", POST) for _ in range(50))
 
 
 def test_live_messages_of_one_channel_share_its_budget_and_every_final_state_lands(
