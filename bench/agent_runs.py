@@ -448,7 +448,7 @@ def main() -> int:
     parser.add_argument("--warm", action="store_true", help="only part 2b: cold against warm through the engine")
     parser.add_argument("--no-memory", action="store_true", help="with --warm: skip the 1/4/8 concurrent runs")
     args = parser.parse_args()
-    logging.getLogger().setLevel(logging.WARNING)  # the engine's INFO lines would bury the table
+    logging.disable(logging.INFO)  # the engine's and alembic's INFO lines would bury the tables
     for binary in (OPENCODE_BIN, CODEX_BIN):
         if not binary.exists():
             raise SystemExit(f"no {binary.name} binary at {binary}: run `npm install` in {REPO}")
