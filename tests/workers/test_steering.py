@@ -94,3 +94,17 @@ def test_stop_during_a_warm_run_ends_it_quickly_and_the_notice_says_how_it_ended
     (notice,) = [m for m in view.order if view.texts(m)[0] == "Stopping run 1…"]
     assert view.last(notice) == "⏹️ Stopped run 1 (cancelled by ana)."
     assert "Cancelled by ana." in view.last(view.order[0])
+
+
+def test_only_people_who_may_start_the_agent_steer_it(tmp_path: Path, model, make_engine: EngineBuilder) -> None:
+    marker = f"sleep 3.{int(time.time()) % 10}"
+    model.script(Turn.bash(marker, timeout_ms=600_000), Turn.text("Done, unsteered."))
+    engine, view = warm_engine(make_engine, agent_settings(tmp_path, model))
+    engine.manifest.permissions.agent = ["U1"]  # bo (U2) may ask in chat, not start or steer the agent
+    ask(engine, "/agent wait a little")
+    wait_until(lambda: processes_with(marker, starting=True), 60, "the agent's sleep to start")
+    ask(engine, "use purple instead", user="U2", name="bo")
+    assert engine.queue.wait(timeout=120)
+    assert "use purple" not in json.dumps(model.scripted_requests)
+    assert not any("steering" in text for text in view.texts(view.order[0]))
+    assert [run.state for run in runs_of(engine)] == [RunState.DONE]  # and no run of bo's
