@@ -37,6 +37,9 @@ RUN_MAX_FILE_MB = 100
 JOB_HEARTBEAT_S = 5
 #: A started job whose last heartbeat is older than this was lost with its worker.
 JOB_LOST_AFTER_S = 4 * JOB_HEARTBEAT_S
+#: A reply stored by a bot process on another host and not posted after this long is posted by
+#: a reaper (on the same host a reaper sees at once whether that process is gone).
+UNPOSTED_FOREIGN_WAIT_S = 300
 #: Unanswered messages older than this are not answered any more when their job was lost (the
 #: thread has moved on); younger ones are handled again (`workers.reaper`).
 LOST_MESSAGE_HORIZON_S = 3600

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -86,6 +88,23 @@ class Dispatched:
 
 
 T = TypeVar("T")
+
+#: The external id a reply holds between being stored and being posted: which process posts it.
+UNPOSTED = "unposted:"
+
+
+def unposted_marker() -> str:
+    """Return a placeholder external id naming this process (`unposted:host:pid:random`)."""
+    return f"{UNPOSTED}{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def poster_of(marker: str) -> tuple[str, int] | None:
+    """Return the host and pid a placeholder names, or None if it is not one."""
+    if not marker.startswith(UNPOSTED):
+        return None
+    host_pid, _, _random = marker[len(UNPOSTED):].rpartition(":")
+    host, _, pid = host_pid.rpartition(":")
+    return (host, int(pid)) if pid.isdigit() else None
 
 
 def patiently(call: Callable[[], T]) -> T:
@@ -209,11 +228,12 @@ class Engine:
         else:
             reply = self._run_command(message, conversation, decision) if decision.route == Route.COMMAND else None
         try:
-            message_id, reply_id = self._store(message, conversation, decision, reply)
+            marker = unposted_marker()
+            message_id, reply_id = self._store(message, conversation, decision, reply, reply_marker=marker)
         except DuplicateEvent:  # the same delivery raced this one and stored first
             return self._duplicate(message, conversation)
         if reply is not None:
-            self._post_stored(conversation, reply, reply_id)
+            self._post_stored(conversation, reply, reply_id, marker)
             return Dispatched(message_id, conversation, decision)
         if decision.route == Route.COMMAND:  # the command posted its answer itself
             return Dispatched(message_id, conversation, decision)
@@ -299,7 +319,7 @@ class Engine:
         return Dispatched(known or 0, conversation, None, duplicate=True)
 
     def _store(self, message: Message, conversation: Conversation, decision: RouteDecision,
-               reply: Reply | None) -> tuple[int, int | None]:
+               reply: Reply | None, *, reply_marker: str | None = None) -> tuple[int, int | None]:
         inbox = self.inbox
         participant_id = inbox.participant(conversation.id, message.user_id, message.user_name)
         with inbox.transaction() as cursor:
@@ -309,7 +329,8 @@ class Engine:
             inbox.record_decision(cursor, message_id, decision)
             reply_id = None
             if reply is not None:
-                reply_id = inbox.add_message(cursor, conversation.id, "assistant", reply.text, reply_to_id=message_id)
+                reply_id = inbox.add_message(cursor, conversation.id, "assistant", reply.text,
+                                             external_id=reply_marker, reply_to_id=message_id)
         return message_id, reply_id
 
     def refusal(self, message: Message, decision: RouteDecision) -> str | None:
@@ -352,13 +373,21 @@ class Engine:
             return self._redacted(result)
         return self._redacted(result or f"Done: `{command.name}`.")
 
-    def _post_stored(self, conversation: Conversation, reply: Reply, reply_id: int | None) -> None:
-        """Post a reply already stored (after a 429, again: see `patiently`); if the platform
-        refuses it, the stored row goes too."""
+    def _post_stored(self, conversation: Conversation, reply: Reply, reply_id: int | None,
+                     marker: str | None = None) -> None:
+        """Post a reply already stored (after a 429, again: see `patiently`) and record the
+        platform's id in place of its placeholder; if the platform refuses it, the row goes too.
+
+        A process that dies between storing and posting leaves the placeholder, and the reaper
+        posts the reply (`workers.reaper.post_unposted_replies`).
+        """
         port = self.port_for(conversation.where.platform)
         try:
             self.rate_budget.take(conversation.where, POST)
-            patiently(lambda: port.post(conversation.where, reply))
+            posted = patiently(lambda: port.post(conversation.where, reply))
+            if reply_id is not None and marker is not None:
+                with self.inbox.transaction() as cursor:
+                    self.inbox.replace_external_id(cursor, reply_id, marker, posted)
         except Exception:  # boundary: the platform call for one message
             log.exception("posting a command reply to %s failed", conversation.where)
             if reply_id is not None:

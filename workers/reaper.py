@@ -7,21 +7,25 @@ process (and the console bot) runs a reaper thread; a run whose heartbeat is old
 queued with nothing running in their conversation (their job was lost with a worker) are
 enqueued again; the claim in `bot.runs` keeps that from starting anything twice. Messages whose
 job was lost (a worker killed mid-job, a bot stopped between storing a message and queueing
-it) are handled again once (`requeue_lost_messages`). Every state change goes through
+it) are handled again once (`requeue_lost_messages`), and command replies stored by a bot
+process that died before posting them are posted (`post_unposted_replies`). Every state change goes through
 `bot.runs`, as the job's and `/cancel`'s do.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 from datetime import timedelta
 
 from bot import constants
 from bot.db.repositories import Conversations, Messages, Runs
-from bot.engine import HANDLE_MESSAGE_JOB, Engine
+from bot.engine import HANDLE_MESSAGE_JOB, UNPOSTED, Engine, patiently, poster_of, unposted_marker
+from bot.rate_budget import POST
 from bot.runs import finish_run, kick_next, retry_lost
-from bot.types import Message, RunState, as_utc, utcnow
+from bot.types import Message, Reply, RunState, as_utc, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +57,53 @@ def reap(engine: Engine) -> list[int]:
     for conversation_id in waiting:
         kick_next(engine, conversation_id, requeue=True)
     requeue_lost_messages(engine)
+    post_unposted_replies(engine)
     return failed
+
+
+def post_unposted_replies(engine: Engine) -> list[int]:
+    """Post the command replies a bot process stored but died before posting; return their ids.
+
+    `dispatch` stores a command's reply with the message, under a placeholder naming its process,
+    then posts it. A placeholder whose process is gone (on this host), or one older than
+    `UNPOSTED_FOREIGN_WAIT_S` (another host: this one cannot look), is claimed with this
+    process's own placeholder, posted, and given the platform's id.
+    """
+    now, host = utcnow(), socket.gethostname()
+    with engine.db.reading() as session:
+        unposted = Messages(session).unposted(now - timedelta(seconds=constants.LOST_MESSAGE_HORIZON_S), UNPOSTED)
+    posted = []
+    for message_id, conversation_id, text, marker, stored_at in unposted:
+        poster = poster_of(marker)
+        if poster is None or (poster[0] == host and process_alive(poster[1])):
+            continue
+        if poster[0] != host and (now - as_utc(stored_at)).total_seconds() < constants.UNPOSTED_FOREIGN_WAIT_S:
+            continue
+        mine = unposted_marker()
+        with engine.inbox.transaction() as cursor:
+            if not engine.inbox.replace_external_id(cursor, message_id, marker, mine):
+                continue  # another reaper took it
+        with engine.db.reading() as session:
+            conversation = Conversations(session).get(conversation_id)
+        port = engine.port_for(conversation.where.platform)
+        engine.rate_budget.take(conversation.where, POST)
+        platform_id = patiently(lambda: port.post(conversation.where, Reply(text)))  # noqa: B023 (called at once)
+        with engine.inbox.transaction() as cursor:
+            engine.inbox.replace_external_id(cursor, message_id, mine, platform_id)
+        log.warning("reply %s: its bot process stopped before posting it; posted now", message_id)
+        posted.append(message_id)
+    return posted
+
+
+def process_alive(pid: int) -> bool:
+    """Return whether a process of this id runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def requeue_lost_messages(engine: Engine) -> list[int]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +12,7 @@ from bot.config import Settings, resolve_agent_binary
 from bot.db import safe_url
 from bot.engine import Engine, set_current
 from bot.errors import UserFacingError
-from workers.reaper import Reaper
+from workers.reaper import Reaper, process_alive
 
 log = logging.getLogger(__name__)
 
@@ -60,22 +59,12 @@ def free_stale_name(connection: Any, name: str) -> None:
     old = Worker.find_by_key(Worker.redis_worker_namespace_prefix + name, connection=connection)
     if old is None:
         return
-    if old.hostname == socket.gethostname() and old.pid and not _alive(old.pid):
+    if old.hostname == socket.gethostname() and old.pid and not process_alive(old.pid):
         old.register_death()
         log.warning("worker %s: its previous process (pid %s) is gone; taking its name back", name, old.pid)
         return
     raise UserFacingError(f"a worker named {name} is already registered (host {old.hostname}, pid {old.pid}): "
                           "stop it, or give this one another --name")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def start_agents(engine: Engine) -> list[str]:

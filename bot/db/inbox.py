@@ -83,6 +83,11 @@ class Inbox:
             engine, messages,
         )
         self._delete_message = _Prepared(delete(messages).where(messages.c.id == bindparam("id")), engine, messages)
+        self._set_external_id = _Prepared(
+            update(messages).where(messages.c.id == bindparam("id"), messages.c.external_id == bindparam("old"))
+            .values(external_id=bindparam("new")),
+            engine, messages,
+        )
         self._update_reply = _Prepared(
             update(messages)
             .where(messages.c.conversation_id == bindparam("conversation_id"),
@@ -180,6 +185,14 @@ class Inbox:
     def delete_message(self, cursor: Any, message_id: int) -> None:
         """Remove a stored message (a reply the platform refused)."""
         self._delete_message.run(cursor, {"id": message_id})
+
+    def replace_external_id(self, cursor: Any, message_id: int, old: str, new: str) -> bool:
+        """Give a stored message another external id if it still has `old`; return whether it did.
+
+        A reply stored before it is posted holds a placeholder (`bot.engine.unposted_marker`) until
+        the platform gives its id; changing it only from the expected value makes claims atomic.
+        """
+        return self._set_external_id.run(cursor, {"id": message_id, "old": old, "new": new}).rowcount == 1
 
     def record_decision(self, cursor: Any, message_id: int, decision: RouteDecision) -> None:
         """Store why the bot routed a new message as it did."""

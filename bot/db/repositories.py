@@ -225,6 +225,17 @@ class Messages:
     def __init__(self, session: Session) -> None:
         self.s = session
 
+    def unposted(self, after: datetime, prefix: str) -> list[tuple[int, int, str, str, datetime]]:
+        """Return the bot's replies stored since `after` whose external id is still a placeholder
+        starting with `prefix` (not posted yet): id, conversation id, text, placeholder, when stored."""
+        rows = self.s.execute(
+            select(MessageRow.id, MessageRow.conversation_id, MessageRow.text, MessageRow.external_id,
+                   MessageRow.created_at)
+            .where(MessageRow.role == "assistant", MessageRow.created_at > after,
+                   MessageRow.external_id.startswith(prefix, autoescape=True))
+            .order_by(MessageRow.id))
+        return [tuple(row) for row in rows]
+
     def unanswered(self, after: datetime, before: datetime) -> list[int]:
         """Return the ids of messages routed to a job (a direct answer or the agent) between `after` and
         `before` that have no reply and no run: their job never finished, or was lost."""

@@ -12,20 +12,27 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
 from sqlalchemy import text
 
+from adapters.slack import SlackPort
+from bot.db import Database
 from bot.db.repositories import Runs
+from bot.engine import Engine
 from bot.types import Message, RunState, ThreadRef
 from tests.adapters.test_slack import CHANNEL
 from tests.fakes.anthropic_server import FakeAnthropicServer
 from tests.fakes.openai_server import Turn
-from tests.fakes.slack_server import FakeSlackServer
-from tests.support.engines import EngineBuilder, make_settings, run_bot
+from tests.fakes.slack_fixtures import bolt_web_client
+from tests.fakes.slack_server import BOT_USER_ID, FakeSlackServer
+from tests.support.engines import REPO, EngineBuilder, make_settings, run_bot
 from tests.workers.agent_support import agent_settings, processes_with, requires_opencode, wait_until
 from tests.workers.test_agent_runs_redis import model, start_worker, stop  # noqa: F401 (a fixture)
+from workers.reaper import reap
 
 pytestmark = requires_opencode
 
@@ -126,3 +133,43 @@ def worker_names(redis_url: str) -> set[str]:
 
     with Redis.from_url(redis_url) as redis:
         return {worker.name for worker in Worker.all(connection=redis)}
+
+
+def test_a_reply_stored_by_a_bot_that_died_before_posting_it_is_posted_once(tmp_path: Path) -> None:
+    """A bot process stores a command's reply with the message, then posts it; killed in between
+    (here: SIGKILLed while the channel's rate budget holds its post back), it leaves the reply
+    stored but unposted. Another process's reaper posts it, once."""
+    with FakeSlackServer() as slack:
+        env = {"SLACK_BOT_TOKEN": slack.bot_token, "SLACK_APP_TOKEN": slack.app_token,
+               "SLACK_API_URL": slack.api_url.rstrip("/")}
+        settings = make_settings(tmp_path, **env)
+        bot = subprocess.Popen([sys.executable, "-m", "bot", "run"], cwd=tmp_path, start_new_session=True,
+                               env={**os.environ, **{k: v for k, v in settings.env.items() if v},
+                                    "PYTHONPATH": str(REPO)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            slack.wait_for_connection(timeout=60)
+            slack.rate_limit("chat.postMessage", times=1, retry_after=20)  # the post waits: time to kill
+            slack.send_event({"type": "app_mention", "channel": CHANNEL, "text": f"<@{BOT_USER_ID}> hello"})
+            db = Database(settings.database_url)
+            wait_until(lambda: unposted(db), 30, "the reply to be stored, not yet posted")
+            os.killpg(bot.pid, signal.SIGKILL)
+            bot.wait(10)
+        finally:
+            stop(bot)
+        assert not [m for m in slack.bot_messages(CHANNEL)]
+        engine = Engine.from_settings(settings, load_entrypoints=False)
+        try:
+            engine.attach_port(SlackPort(bolt_web_client(slack)))
+            reap(engine)
+            reap(engine)  # a second pass posts nothing again
+        finally:
+            engine.close()
+            db.close()
+        assert [m.text[:9] for m in slack.bot_messages(CHANNEL)] == ["Hi alice!"]
+
+
+def unposted(db: Database) -> list[str]:
+    with db.reading() as session:
+        return list(session.execute(text("select external_id from messages where external_id like 'unposted:%'"))
+                    .scalars())
