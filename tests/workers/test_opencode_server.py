@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -105,7 +106,7 @@ def test_cancel_on_the_warm_server_ends_the_command_within_five_seconds(tmp_path
 
 def test_a_server_killed_mid_run_is_replaced_and_the_run_still_completes(tmp_path: Path, model,
                                                                          make_engine: EngineBuilder) -> None:
-    marker = f"sleep 2{int(time.time()) % 10}"
+    marker = f"sleep 20.{os.getpid()}"  # unique: other tests' sleeps run on this machine too
     model.script(Turn.bash(marker, timeout_ms=600_000), Turn.text("Finished after the restart."))
     engine, view = warm_engine(make_engine, agent_settings(tmp_path, model))
     ask(engine, "/agent sleep a while")

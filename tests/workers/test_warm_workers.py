@@ -177,7 +177,7 @@ def test_a_follow_up_continues_the_session_on_whichever_worker_takes_it(tmp_path
 
 def test_a_hung_server_is_restarted_and_the_run_completes_by_the_fallback(tmp_path: Path, model,
                                                                          make_engine: EngineBuilder) -> None:
-    marker = f"sleep 3{os.getpid() % 10}"
+    marker = f"sleep 30.{os.getpid()}"  # unique: other tests' sleeps run on this machine too
     model.script(Turn.bash(marker, timeout_ms=600_000), Turn.text("Finished after the hang."))
     engine, view = make_engine(warm_settings(tmp_path, model))
     engine.agents["opencode"].warm_up()  # as the console bot does at start
