@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
+import signal
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +19,9 @@ from workers.reaper import Reaper, process_alive
 
 log = logging.getLogger(__name__)
 
+#: prctl option: the signal a process gets when its parent thread dies (linux/prctl.h).
+PR_SET_PDEATHSIG = 1
+
 
 def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None,
                with_scheduler: bool = False, ready: Callable[[str], None] = print) -> int:
@@ -23,7 +29,7 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
 
     `ready` gets one line once the worker listens: its queue, Redis and agent.
     """
-    from rq import Queue, Worker
+    from rq import Queue
 
     engine = Engine.from_settings(settings)
     set_current(engine)
@@ -31,8 +37,8 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
     connection = engine.queue.connection  # type: ignore[attr-defined]
     if name:
         free_stale_name(connection, name)
-    rq_worker = Worker([Queue(constants.QUEUE_NAME, connection=connection)], connection=connection, name=name,
-                       job_monitoring_interval=constants.JOB_HEARTBEAT_S)
+    rq_worker = worker_class()([Queue(constants.QUEUE_NAME, connection=connection)], connection=connection,
+                               name=name, job_monitoring_interval=constants.JOB_HEARTBEAT_S)
     # An agent with a server per worker (opencode, agent.mode: warm) starts it here, in the
     # worker process and in the background: RQ's work-horses are forked per job and borrow it.
     warm = start_agents(engine)
@@ -44,6 +50,33 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
         reaper.stop()
         stop_agents(engine)
     return 0
+
+
+def worker_class() -> type:
+    """Return RQ's worker, whose work-horses die with it.
+
+    RQ forks a work-horse per job in a process group of its own, so a worker killed with
+    SIGKILL (the OOM killer, a `kill -9` of its group) leaves the horse running its job alone:
+    a run then stays "running" for as long as the horse lives, with nobody to stop it. The horse
+    asks the kernel for SIGKILL when its worker dies (PR_SET_PDEATHSIG), and the run is then
+    lost like its worker, which the reaper handles.
+    """
+    from rq import Worker
+
+    class ThreadworkWorker(Worker):
+        def main_work_horse(self, job: Any, queue: Any) -> None:
+            die_with_parent()
+            super().main_work_horse(job, queue)
+
+    return ThreadworkWorker
+
+
+def die_with_parent() -> None:
+    """Have this process killed when its parent dies; exit at once if it died already."""
+    parent = os.getppid()
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def free_stale_name(connection: Any, name: str) -> None:

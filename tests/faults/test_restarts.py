@@ -32,7 +32,7 @@ from tests.fakes.slack_server import BOT_USER_ID, FakeSlackServer
 from tests.support.engines import REPO, EngineBuilder, make_settings, run_bot
 from tests.workers.agent_support import agent_settings, processes_with, requires_opencode, wait_until
 from tests.workers.test_agent_runs_redis import model, start_worker, stop  # noqa: F401 (a fixture)
-from workers.reaper import reap
+from workers.reaper import process_alive, reap
 
 pytestmark = requires_opencode
 
@@ -173,3 +173,38 @@ def unposted(db: Database) -> list[str]:
     with db.reading() as session:
         return list(session.execute(text("select external_id from messages where external_id like 'unposted:%'"))
                     .scalars())
+
+
+def test_a_work_horse_dies_with_its_killed_worker_and_its_run_is_retried(
+        tmp_path: Path, redis_url: str, make_engine: EngineBuilder) -> None:
+    """RQ runs each job in a forked work-horse with a process group of its own: a `kill -9` of the
+    worker alone used to leave the horse running the job with nobody watching it."""
+    manifest = yaml.safe_load((REPO / "manifest.yml").read_text())
+    manifest["plugins"] = {"modules": ["tests.workers.toy_agent_plugin"]}
+    manifest["agent"].update(name="toy", stale_after_seconds=5, retry_lost_runs=True)
+    (tmp_path / "manifest.yml").write_text(yaml.safe_dump(manifest))
+    settings = make_settings(tmp_path, REDIS_URL=redis_url, BOT_MANIFEST=str(tmp_path / "manifest.yml"))
+    doomed = start_worker(settings, "doomed-worker")
+    engine, _ = make_engine(settings)
+    rescuer = None
+    try:
+        marker = f"sleep 29{os.getpid() % 10}"
+        engine.dispatch(Message(where=ThreadRef("console", "local", "horse"), text=f"/agent {marker}",
+                                user_id="U1", user_name="ana"))
+        wait_until(lambda: processes_with(marker, starting=True), 60, "the toy agent's sleep to start")
+        horses = [pid for pid in processes_with("bot worker --name doomed-worker") if pid != doomed.pid]
+        assert horses, "no work-horse found"
+        os.kill(doomed.pid, signal.SIGKILL)  # the worker only, not its group
+        doomed.wait(10)
+        wait_until(lambda: not [pid for pid in horses if process_alive(pid)], 10, "the work-horse to die with it")
+        rescuer = start_worker(settings, "rescuer-worker")
+
+        def attempt() -> tuple[str, int]:
+            with engine.db.reading() as session:
+                return tuple(session.execute(text("select state, attempt from agent_runs where id = 1")).one())
+
+        wait_until(lambda: attempt()[1] == 2, 60, "the run to be retried")
+    finally:
+        stop(doomed)
+        if rescuer:
+            stop(rescuer)
