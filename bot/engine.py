@@ -223,15 +223,22 @@ class Engine:
             stage = runs.STEER_STAGE if self._steerable(steered) else runs.QUEUE_STAGE
             decision = RouteDecision(Route.AGENT, stage, 1.0, f"{stage}: run {steered.id} is running",
                                      text=decision.text)
+        on_stored: list[Callable[[int], None]] = []
         if refusal is not None:
             reply: Reply | None = self._redacted(refusal)
         else:
-            reply = self._run_command(message, conversation, decision) if decision.route == Route.COMMAND else None
+            reply = self._run_command(message, conversation, decision, on_stored) \
+                if decision.route == Route.COMMAND else None
         try:
             marker = unposted_marker()
             message_id, reply_id = self._store(message, conversation, decision, reply, reply_marker=marker)
         except DuplicateEvent:  # the same delivery raced this one and stored first
             return self._duplicate(message, conversation)
+        for stored in on_stored:
+            try:
+                stored(message_id)
+            except Exception:  # boundary: a command's follow-up; the reply stands
+                log.exception("a command's follow-up on message %s failed", message_id)
         if reply is not None:
             self._post_stored(conversation, reply, reply_id, marker)
             return Dispatched(message_id, conversation, decision)
@@ -353,7 +360,8 @@ class Engine:
             return NOT_ALLOWED_ASK
         return None
 
-    def _run_command(self, message: Message, conversation: Conversation, decision: RouteDecision) -> Reply | None:
+    def _run_command(self, message: Message, conversation: Conversation, decision: RouteDecision,
+                     on_stored: list[Callable[[int], None]] | None = None) -> Reply | None:
         command = self.commands.get(decision.command or "")
         if command is None:
             return Reply(f"I don't know the command `{decision.command}`. Type `help` for the list.")
@@ -361,7 +369,8 @@ class Engine:
             if command.permission and not self.manifest.allows(command.permission, message.user_id, message.where):
                 raise PermissionDenied(f"You are not allowed to use `{command.name}` here ({command.permission} permission).")
             match = command.pattern.search(message.text) if command.pattern else None
-            result = command.handler(CommandContext(message, conversation, decision.argument, self, match))
+            result = command.handler(CommandContext(message, conversation, decision.argument, self, match,
+                                                    on_stored if on_stored is not None else []))
         except UserFacingError as exc:
             result = str(exc)
         except Exception:  # boundary: one incoming message

@@ -379,6 +379,9 @@ class CommandContext:
     argument: str
     engine: EngineAPI
     match: re.Match[str] | None = None
+    #: Called with the message's stored id once dispatch has stored it (commands run first):
+    #: e.g. to record the message as a memory's source.
+    on_stored: list[Callable[[int], None]] = field(default_factory=list)
 
 
 CommandHandler = Callable[[CommandContext], "str | Reply | None"]

@@ -105,6 +105,10 @@ class Memories:
             self.touch([scope.token])
         return row.id
 
+    def set_source(self, memory_id: int, message_id: int) -> None:
+        """Record the chat message a memory came from (a command runs before its message is stored)."""
+        self.s.execute(update(MemoryRow).where(MemoryRow.id == memory_id).values(source_message_id=message_id))
+
     def delete(self, memories: Iterable[Memory]) -> int:
         """Forget these memories: rows, index entries and vectors; return how many went."""
         memories = list(memories)

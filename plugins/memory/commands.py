@@ -16,7 +16,7 @@ from bot.errors import CommandError
 from bot.hookspecs import hookimpl
 from bot.memory import Memory, MemoryKind, ScopeKind, estimate_tokens, scopes_for
 from bot.redaction import REDACTED
-from bot.types import Command, CommandContext
+from bot.types import Command, CommandContext, EngineAPI
 
 REMEMBER_USAGE = ("Usage: `/remember [me|channel|team] <fact>`, e.g. `/remember we deploy with make ship` "
                   "(this channel), `/remember me I prefer short answers` (you, everywhere).")
@@ -67,6 +67,7 @@ def remember(context: CommandContext) -> str:
         memory_id = Memories(session).add(fact, conversation_id=context.conversation.id, tokens=estimate_tokens(fact),
                                           kind=MemoryKind.FACT.value, scope=scope, author_id=message.user_id,
                                           author_name=message.user_name)
+    context.on_stored.append(lambda message_id: _record_source(engine, memory_id, message_id))
     return f"Remembered {scope.label} as `m{memory_id}`: {fact}"
 
 
@@ -127,6 +128,12 @@ def forget(context: CommandContext) -> str:
     listed = "\n".join(f"- `{memory.short_id}` {memory.text[:120]}" for memory in allowed)
     tail = f"\n({refused} other match(es) are not yours to forget.)" if refused else ""
     return f"Forgotten ({len(allowed)}):\n{listed}{tail}"
+
+
+def _record_source(engine: EngineAPI, memory_id: int, message_id: int) -> None:
+    """Record the `/remember` message as the fact's source, once dispatch has stored it."""
+    with engine.db.session() as session:
+        Memories(session).set_source(memory_id, message_id)
 
 
 def _may_remove(context: CommandContext, memory: Memory) -> bool:

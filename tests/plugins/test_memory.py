@@ -67,7 +67,10 @@ def test_remember_says_how_and_refuses_what_it_must_not_keep(make_engine: Engine
     assert "for the whole team" in reply(port)
     with engine.db.engine.connect() as connection:
         kept = connection.execute(text("SELECT scope, text, author_id FROM memories")).all()
+        source = connection.execute(text("SELECT m.text FROM memories f JOIN messages m ON m.id = f.source_message_id"
+                                         " WHERE f.kind = 'fact'")).scalar_one()
     assert [tuple(row) for row in kept] == [("team", "we ship on Fridays", "U9")]
+    assert source == "/remember team we ship on Fridays"  # the fact's source: the message that asked
 
 
 def test_memories_lists_what_applies_and_forget_removes_it_from_recall_and_the_index(
