@@ -11,6 +11,7 @@ import pytest
 
 from bot.engine import Engine
 from bot.queue import InProcessQueue
+from tests.fakes.openai_server import FakeOpenAIServer
 from tests.support import servers
 from tests.support.engines import REPO, EngineBuilder, bot_env, run_bot  # noqa: F401 (see below)
 from tests.support.ports import RecordingPort
@@ -39,6 +40,18 @@ def no_agent_server_outlives_the_session() -> Iterator[None]:
     yield
     from plugins.agents.opencode_server import stop_all
 
+    stop_all()
+
+
+@pytest.fixture
+def model() -> Iterator[FakeOpenAIServer]:
+    """The scripted OpenAI-compatible model the agents talk to (tests/fakes/openai_server.py), on
+    127.0.0.1; stopped after the test, and any warm opencode server of the test with it."""
+    from plugins.agents.opencode_server import stop_all
+
+    server = FakeOpenAIServer().start()
+    yield server
+    server.stop()
     stop_all()
 
 
@@ -82,20 +95,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'test.db'}"
         return
-    base = request.getfixturevalue("postgres_url")
     name = f"t_{os.getpid()}_{abs(hash(request.node.nodeid)) % 10**8}"
-    from sqlalchemy import create_engine, text
-
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield base.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with servers.postgres_database(request.getfixturevalue("postgres_url"), name) as url:
+        yield url
 
 
 @pytest.fixture

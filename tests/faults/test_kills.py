@@ -20,12 +20,11 @@ from bot.types import RunState
 from tests.fakes.openai_server import Turn
 from tests.support.engines import EngineBuilder
 from tests.workers.agent_support import agent_settings, ask, processes_with, requires_opencode, wait_until
-from tests.workers.test_agent_runs import model  # noqa: F401 (a fixture)
 
 pytestmark = requires_opencode
 
 
-def test_a_killed_agent_fails_its_run_and_leaves_no_process(tmp_path: Path, model,  # noqa: F811
+def test_a_killed_agent_fails_its_run_and_leaves_no_process(tmp_path: Path, model,
                                                             make_engine: EngineBuilder) -> None:
     marker = f"sleep 31{int(time.time()) % 10}1"  # unique enough to find in /proc
     model.script(Turn.bash(marker, timeout_ms=600_000), Turn.text("never reached"))

@@ -21,7 +21,6 @@ from tests.fakes.openai_server import Turn
 from tests.fakes.slack_server import BOT_USER_ID, FakeSlackServer
 from tests.support.engines import EngineBuilder, rows
 from tests.workers.agent_support import agent_settings, requires_opencode
-from tests.workers.test_agent_runs import model  # noqa: F401 (a fixture)
 
 
 def numbered(count: int) -> str:
@@ -52,7 +51,7 @@ def test_a_5000_character_answer_arrives_whole_in_slack(make_engine: EngineBuild
 
 @requires_opencode
 def test_200000_characters_of_agent_output_arrive_attached_byte_for_byte(
-        tmp_path: Path, model, make_engine: EngineBuilder) -> None:  # noqa: F811
+        tmp_path: Path, model, make_engine: EngineBuilder) -> None:
     answer = numbered(200_000).rstrip()  # an answer ends with its last word
     model.script(Turn.bash("seq 100000 130000"), Turn.text(answer))  # 210,007 characters printed
     engine, _ = make_engine(agent_settings(tmp_path, model, SLACK_BOT_TOKEN="xoxb-unused"))

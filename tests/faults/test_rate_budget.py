@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import replace
@@ -30,6 +27,7 @@ from bot.types import Reply, ThreadRef
 from tests.adapters.test_slack import CHANNEL, socket_adapter
 from tests.fakes.slack_server import BOT_USER_ID, FakeSlackServer
 from tests.support.engines import REPO, EngineBuilder
+from tests.support.processes import start_bot, stop
 from tests.workers.agent_support import wait_until
 
 RATE_PER_S = 5.0
@@ -149,22 +147,6 @@ def test_live_messages_of_one_channel_share_its_budget_and_every_final_state_lan
     assert len(port.edits) < 3 * 40
 
 
-def start_worker(env: dict[str, str], name: str, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "bot", "worker", "--name", name], env=env, cwd=REPO,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(worker: subprocess.Popen[bytes]) -> None:
-    if worker.poll() is None:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait(10)
-
-
 def test_ten_runs_in_one_channel_over_two_workers_earn_no_429_storm_and_all_land(
         tmp_path: Path, redis_url: str, make_engine: EngineBuilder) -> None:
     with FakeSlackServer() as slack:
@@ -173,7 +155,8 @@ def test_ten_runs_in_one_channel_over_two_workers_earn_no_429_storm_and_all_land
                                 SLACK_API_URL=slack.api_url.rstrip("/"))
         env = {**{k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DISCORD_", "ANTHROPIC_"))},
                **{k: v for k, v in engine.settings.env.items() if v}, "PYTHONPATH": str(REPO)}
-        workers = [start_worker(env, f"budget-worker-{n}", tmp_path / f"worker-{n}.log") for n in (1, 2)]
+        workers = [start_bot(["worker", "--name", f"budget-worker-{n}"], env, log=tmp_path / f"worker-{n}.log")
+                   for n in (1, 2)]
         try:
             with Redis.from_url(redis_url) as redis:
                 wait_until(lambda: Worker.count(connection=redis) == 2, 60, "both workers to listen")

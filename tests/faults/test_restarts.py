@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
@@ -29,15 +27,15 @@ from tests.fakes.anthropic_server import FakeAnthropicServer
 from tests.fakes.openai_server import Turn
 from tests.fakes.slack_fixtures import bolt_web_client
 from tests.fakes.slack_server import BOT_USER_ID, FakeSlackServer
-from tests.support.engines import REPO, EngineBuilder, make_settings, run_bot
+from tests.support.engines import REPO, EngineBuilder, bot_env, make_settings, run_bot
+from tests.support.processes import kill, start_bot, start_worker, stop
 from tests.workers.agent_support import agent_settings, processes_with, requires_opencode, wait_until
-from tests.workers.test_agent_runs_redis import model, start_worker, stop  # noqa: F401 (a fixture)
 from workers.reaper import process_alive, reap
 
 pytestmark = requires_opencode
 
 
-def test_a_run_lost_with_its_worker_is_retried_once_and_finishes(tmp_path: Path, model,  # noqa: F811
+def test_a_run_lost_with_its_worker_is_retried_once_and_finishes(tmp_path: Path, model,
                                                                  redis_url: str, make_engine: EngineBuilder) -> None:
     marker = "sleep 296"
     model.script(Turn.bash(marker, timeout_ms=600_000), Turn.text("Done on the second attempt."))
@@ -58,8 +56,7 @@ def test_a_run_lost_with_its_worker_is_retried_once_and_finishes(tmp_path: Path,
         with engine.db.reading() as session:
             horse = int(Runs(session).get(1).worker.rsplit(":", 1)[1])
         os.kill(horse, signal.SIGKILL)
-        os.killpg(doomed.pid, signal.SIGKILL)
-        doomed.wait(10)
+        kill(doomed)
         wait_until(lambda: not processes_with(marker), 10, "every process of the run to die with its worker")
         rescuer = start_worker(settings, "rescuer-worker")
 
@@ -96,8 +93,7 @@ def test_a_question_whose_worker_died_mid_answer_is_answered_once_by_another(
             where = ThreadRef("slack", CHANNEL, "1700000000.000200")
             engine.dispatch(Message(where=where, text="/ask what is a monad?", user_id="U1", user_name="ana"))
             wait_until(lambda: anthropic_server.message_requests, 60, "the worker to ask the model")
-            os.killpg(doomed.pid, signal.SIGKILL)  # the worker and its work-horse, mid-answer
-            doomed.wait(10)
+            kill(doomed)  # the worker and its work-horse, mid-answer
             rescuer = start_worker(settings, "rescuer-worker")
             answers = wait_until(lambda: [m for m in slack.messages_in_thread(CHANNEL, where.thread)
                                           if m.text == "A monad is a way to chain computations."], 120,
@@ -118,8 +114,7 @@ def test_a_killed_worker_restarts_under_its_name_and_a_live_name_is_refused(tmp_
         twin = run_bot(["worker", "--name", "worker-1", "--burst"], tmp_path, timeout=60, REDIS_URL=redis_url)
         assert twin.returncode != 0 and "a worker named worker-1 is already registered" in twin.stderr
         assert "Traceback" not in twin.stderr
-        os.killpg(first.pid, signal.SIGKILL)  # RQ keeps it registered for minutes
-        first.wait(10)
+        kill(first)  # RQ keeps it registered for minutes
         again = run_bot(["worker", "--name", "worker-1", "--burst"], tmp_path, timeout=60, REDIS_URL=redis_url)
         assert again.returncode == 0, again.stderr
         assert "worker ready: worker-1" in again.stderr and "taking its name back" in again.stderr
@@ -143,18 +138,14 @@ def test_a_reply_stored_by_a_bot_that_died_before_posting_it_is_posted_once(tmp_
         env = {"SLACK_BOT_TOKEN": slack.bot_token, "SLACK_APP_TOKEN": slack.app_token,
                "SLACK_API_URL": slack.api_url.rstrip("/")}
         settings = make_settings(tmp_path, **env)
-        bot = subprocess.Popen([sys.executable, "-m", "bot", "run"], cwd=tmp_path, start_new_session=True,
-                               env={**os.environ, **{k: v for k, v in settings.env.items() if v},
-                                    "PYTHONPATH": str(REPO)},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        bot = start_bot(["run"], bot_env(tmp_path, **env))
         try:
             slack.wait_for_connection(timeout=60)
             slack.rate_limit("chat.postMessage", times=1, retry_after=20)  # the post waits: time to kill
             slack.send_event({"type": "app_mention", "channel": CHANNEL, "text": f"<@{BOT_USER_ID}> hello"})
             db = Database(settings.database_url)
             wait_until(lambda: unposted(db), 30, "the reply to be stored, not yet posted")
-            os.killpg(bot.pid, signal.SIGKILL)
-            bot.wait(10)
+            kill(bot)
         finally:
             stop(bot)
         assert not [m for m in slack.bot_messages(CHANNEL)]

@@ -10,10 +10,8 @@ workers take runs; every request gets one status and one answer, and every run e
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -30,7 +28,8 @@ from sqlalchemy import create_engine, text
 from tests.adapters.test_slack import CHANNEL
 from tests.fakes.slack_server import BOT_USER_ID, FakeSlackServer
 from tests.faults.test_slow_backends import postgres_database  # noqa: F401 (a fixture)
-from tests.support.engines import REPO
+from tests.support.engines import REPO, bot_env
+from tests.support.processes import start_bot, stop
 from tests.workers.agent_support import wait_until
 
 REQUESTS = 8
@@ -49,14 +48,7 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
     started: list[subprocess.Popen[bytes]] = []
     yield started
     for process in started:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-    for process in started:
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+        stop(process)
 
 
 def test_the_readme_deployment_runs_on_one_machine_and_shares_the_work(
@@ -67,18 +59,15 @@ def test_the_readme_deployment_runs_on_one_machine_and_shares_the_work(
     manifest["agent"]["name"] = "toy"
     (tmp_path / "manifest.yml").write_text(yaml.safe_dump(manifest))
     with FakeSlackServer() as slack:
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DISCORD_", "ANTHROPIC_"))},
-               "DATABASE_URL": postgres_database, "REDIS_URL": redis_url, "BOT_DATA_DIR": str(tmp_path / "data"),
-               "BOT_MANIFEST": str(tmp_path / "manifest.yml"), "PYTHONPATH": str(REPO),
-               "SLACK_BOT_TOKEN": slack.bot_token, "SLACK_APP_TOKEN": slack.app_token,
-               "SLACK_API_URL": slack.api_url.rstrip("/")}
+        env = bot_env(tmp_path, DATABASE_URL=postgres_database, REDIS_URL=redis_url,
+                      BOT_MANIFEST=str(tmp_path / "manifest.yml"), SLACK_BOT_TOKEN=slack.bot_token,
+                      SLACK_APP_TOKEN=slack.app_token, SLACK_API_URL=slack.api_url.rstrip("/"))
         for command in deployment_commands():
             argv = shlex.split(command.removesuffix("&"))
             assert argv[:3] == ["python", "-m", "bot"], command
             argv[0] = sys.executable
             if command.endswith("&"):
-                processes.append(subprocess.Popen(argv, cwd=tmp_path, env=env, start_new_session=True,
-                                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                processes.append(start_bot(argv[3:], env, cwd=tmp_path))
             else:
                 done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
                 assert done.returncode == 0, done.stderr
@@ -122,15 +111,11 @@ def test_discord_shards_split_between_two_bot_processes_answer_once(
     from tests.fakes.discord_server import FakeDiscordServer
 
     with FakeDiscordServer() as server:
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DISCORD_", "ANTHROPIC_"))},
-               "BOT_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(REPO), "DISCORD_TOKEN": server.token,
-               **server.env, "DISCORD_SHARD_COUNT": "2"}
+        env = bot_env(tmp_path, DISCORD_TOKEN=server.token, **server.env, DISCORD_SHARD_COUNT="2")
         subprocess.run([sys.executable, "-m", "bot", "migrate"], cwd=tmp_path, env=env, check=True,
                        capture_output=True, timeout=120)
         for shard in ("0", "1"):
-            processes.append(subprocess.Popen([sys.executable, "-m", "bot", "run"], cwd=tmp_path, start_new_session=True,
-                                              env={**env, "DISCORD_SHARD_IDS": shard},
-                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            processes.append(start_bot(["run"], {**env, "DISCORD_SHARD_IDS": shard}, cwd=tmp_path))
         server.wait_for(lambda: sorted(p.get("shard", [None])[0] for p in server.identify_payloads) == [0, 1],
                         timeout=60)
         request = server.send_message_create(server.channel_id, f"<@{server.bot_id}> help")

@@ -10,10 +10,7 @@ the worker's log. The file in the agent's own workspace keeps them: that is the 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 from redis import Redis
@@ -23,9 +20,9 @@ from tests.adapters.test_slack import CHANNEL, socket_adapter
 from tests.core.test_redaction import FOREIGN_SECRETS
 from tests.fakes.openai_server import Turn
 from tests.fakes.slack_server import BOT_USER_ID, FakeSlackServer
-from tests.support.engines import REPO, EngineBuilder
+from tests.support.engines import EngineBuilder
+from tests.support.processes import start_worker, stop
 from tests.workers.agent_support import agent_settings, requires_opencode, wait_until
-from tests.workers.test_agent_runs_redis import model, stop  # noqa: F401 (a fixture)
 
 pytestmark = requires_opencode
 
@@ -35,16 +32,8 @@ SECRETS = {kind: FOREIGN_SECRETS[kind] for kind in
 MARKS = {kind: secret.splitlines()[1] if kind == "pem private key" else secret for kind, secret in SECRETS.items()}
 
 
-def start_logging_worker(settings, name: str, log_file: Path) -> subprocess.Popen[str]:
-    """Start `python -m bot worker` as tests/workers/test_agent_runs_redis.py does, its log kept in a file."""
-    env = {**os.environ, **{k: v for k, v in settings.env.items() if v}, "PYTHONPATH": str(REPO)}
-    with log_file.open("w") as log:
-        return subprocess.Popen([sys.executable, "-m", "bot", "worker", "--name", name], env=env, cwd=REPO,
-                                stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
 def test_secrets_an_agent_prints_reach_no_chat_file_table_job_result_or_log(
-        tmp_path: Path, model, redis_url: str, make_engine: EngineBuilder) -> None:  # noqa: F811
+        tmp_path: Path, model, redis_url: str, make_engine: EngineBuilder) -> None:
     found = "\n".join(SECRETS.values())
     model.script(Turn.bash(f"cat > leaked.txt <<'END'\n{found}\nEND\ncat leaked.txt"),
                  Turn.text(f"I found these in the repo:\n{found}"))
@@ -52,7 +41,7 @@ def test_secrets_an_agent_prints_reach_no_chat_file_table_job_result_or_log(
         settings = agent_settings(tmp_path, model, REDIS_URL=redis_url, SLACK_BOT_TOKEN=slack.bot_token,
                                   SLACK_API_URL=slack.api_url.rstrip("/"))
         log_file = tmp_path / "worker.log"
-        worker = start_logging_worker(settings, "secret-worker", log_file)
+        worker = start_worker(settings, "secret-worker", log=log_file)
         engine, _ = make_engine(settings)
         try:
             with socket_adapter(engine, slack):

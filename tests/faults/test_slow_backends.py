@@ -10,8 +10,6 @@ delaying, and every question has its one answer in its own thread and its row in
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +21,9 @@ from sqlalchemy import create_engine, text
 from tests.adapters.test_slack import ACK_WITHIN_S, CHANNEL, socket_adapter
 from tests.fakes.slack_server import BOT_USER_ID, FakeSlackServer
 from tests.faults.proxy import DelayingProxy
-from tests.support.engines import REPO, EngineBuilder, make_settings
+from tests.support import servers
+from tests.support.engines import EngineBuilder, make_settings
+from tests.support.processes import start_worker, stop
 from tests.workers.agent_support import wait_until
 
 QUESTIONS = 5
@@ -34,17 +34,8 @@ DELAY_S = 1.0
 @pytest.fixture
 def postgres_database(postgres_url: str) -> Iterator[str]:
     """A fresh PostgreSQL database of the session's server, dropped after the test."""
-    name = f"slow_{os.getpid()}"
-    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield postgres_url.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with servers.postgres_database(postgres_url, f"fault_{os.getpid()}") as url:
+        yield url
 
 
 def proxy_for(url: str) -> DelayingProxy:
@@ -59,10 +50,7 @@ def test_slow_redis_and_database_delay_no_ack_and_lose_nothing(
                "SLACK_BOT_TOKEN": slack.bot_token, "SLACK_API_URL": slack.api_url.rstrip("/")}
         engine, _ = make_engine(**env)
         settings = make_settings(tmp_path, **env)
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "bot", "worker", "--name", "slow-worker"], cwd=REPO, start_new_session=True,
-            env={**os.environ, **{k: v for k, v in settings.env.items() if v}, "PYTHONPATH": str(REPO)},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        worker = start_worker(settings, "slow-worker")
         try:
             wait_until(lambda: engine.queue.listening_workers(), 60, "the worker to listen")
             with socket_adapter(engine, slack):
@@ -85,8 +73,7 @@ def test_slow_redis_and_database_delay_no_ack_and_lose_nothing(
                 wait_until(lambda: all(answers()), 120, "every question to be answered")
                 time.sleep(0.5)  # a second answer to any of them would have been posted by now
         finally:
-            worker.terminate()
-            worker.wait(30)
+            stop(worker)
     assert all(ack < ACK_WITHIN_S for ack in acks), acks
     assert [len(each) for each in answers()] == [1] * QUESTIONS
     with create_engine(postgres_database).connect() as connection:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -27,7 +26,8 @@ from sqlalchemy import create_engine, text
 from tests.adapters.test_slack import CHANNEL
 from tests.fakes.slack_server import BOT_USER_ID, FakeSlackServer
 from tests.faults.test_slow_backends import postgres_database  # noqa: F401 (a fixture)
-from tests.support.engines import REPO
+from tests.support.engines import REPO, bot_env
+from tests.support.processes import kill, start_bot, stop
 from tests.workers.agent_support import wait_until
 
 SEED = int(os.environ.get("SOAK_SEED", "20261127"))
@@ -46,24 +46,14 @@ class Deployment:
         self.running: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, name: str) -> None:
-        self.running[name] = subprocess.Popen([sys.executable, "-m", "bot", *self.commands[name]], cwd=self.cwd,
-                                              env=self.env, start_new_session=True,
-                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.running[name] = start_bot(self.commands[name], self.env, cwd=self.cwd)
 
     def kill(self, name: str) -> None:
-        process = self.running.pop(name)
-        os.killpg(process.pid, signal.SIGKILL)  # the process and its work-horses and agents
-        process.wait(10)
+        kill(self.running.pop(name))  # the process and its work-horses and agents
 
     def stop_all(self) -> None:
         for name in list(self.running):
-            process = self.running.pop(name)
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
+            stop(self.running.pop(name))
 
 
 @pytest.fixture
@@ -73,11 +63,9 @@ def deployment(tmp_path: Path, postgres_database: str, redis_url: str) -> Iterat
     manifest["agent"].update(name="toy", stale_after_seconds=5, retry_lost_runs=True, mode="cold")
     (tmp_path / "manifest.yml").write_text(yaml.safe_dump(manifest))
     with FakeSlackServer() as slack:
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DISCORD_", "ANTHROPIC_"))},
-               "DATABASE_URL": postgres_database, "REDIS_URL": redis_url, "BOT_DATA_DIR": str(tmp_path / "data"),
-               "BOT_MANIFEST": str(tmp_path / "manifest.yml"), "PYTHONPATH": str(REPO),
-               "SLACK_BOT_TOKEN": slack.bot_token, "SLACK_APP_TOKEN": slack.app_token,
-               "SLACK_API_URL": slack.api_url.rstrip("/")}
+        env = bot_env(tmp_path, DATABASE_URL=postgres_database, REDIS_URL=redis_url,
+                      BOT_MANIFEST=str(tmp_path / "manifest.yml"), SLACK_BOT_TOKEN=slack.bot_token,
+                      SLACK_APP_TOKEN=slack.app_token, SLACK_API_URL=slack.api_url.rstrip("/"))
         subprocess.run([sys.executable, "-m", "bot", "migrate"], cwd=tmp_path, env=env, check=True,
                        capture_output=True, timeout=120)
         processes = Deployment(env, tmp_path)

@@ -19,7 +19,6 @@ from bot.types import RunState
 from tests.fakes.openai_server import Turn
 from tests.support.engines import EngineBuilder
 from tests.workers.agent_support import agent_settings, ask, requires_opencode
-from tests.workers.test_agent_runs import model  # noqa: F401 (a fixture)
 from workers.workspace import UnsafeFile, read_regular_file
 
 pytestmark = requires_opencode
@@ -28,7 +27,7 @@ MAKE_TROUBLE = ("ln -s /etc/passwd passwd-link && ln -s /etc etc-dir && mkfifo p
                 " && head -c 2200000 /dev/zero | tr '\\0' 'x' > huge.log && echo fine > ok.txt")
 
 
-def test_symlinks_fifos_and_huge_files_are_refused_with_a_notice(tmp_path: Path, model,  # noqa: F811
+def test_symlinks_fifos_and_huge_files_are_refused_with_a_notice(tmp_path: Path, model,
                                                                  make_engine: EngineBuilder) -> None:
     model.script(Turn.bash(MAKE_TROUBLE), Turn.text("Made the files."))
     settings = agent_settings(tmp_path, model)

@@ -6,23 +6,14 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from bot.db.repositories import Conversations, Resources, Runs
 from bot.types import RunState
-from tests.fakes.openai_server import FakeOpenAIServer, Turn
+from tests.fakes.openai_server import Turn
 from tests.support.engines import WHERE, EngineBuilder, run_bot
 from tests.workers.agent_support import agent_settings, ask, processes_with, requires_opencode, wait_until
 from workers import agent_run
 
 pytestmark = requires_opencode
-
-
-@pytest.fixture
-def model():
-    server = FakeOpenAIServer().start()
-    yield server
-    server.stop()
 
 
 def run_of(engine, run_id: int):

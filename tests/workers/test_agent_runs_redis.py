@@ -5,44 +5,18 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from sqlalchemy import text
 
 from bot.db.repositories import Runs
 from bot.types import Message, RunState, ThreadRef
-from tests.fakes.openai_server import FakeOpenAIServer, Turn
-from tests.support.engines import REPO, EngineBuilder, run_bot
+from tests.fakes.openai_server import Turn
+from tests.support.engines import EngineBuilder, run_bot
+from tests.support.processes import start_worker, stop
 from tests.workers.agent_support import agent_settings, processes_with, requires_opencode, wait_until
 
 pytestmark = requires_opencode
-
-
-@pytest.fixture
-def model() -> Iterator[FakeOpenAIServer]:
-    server = FakeOpenAIServer().start()
-    yield server
-    server.stop()
-
-
-def start_worker(settings, name: str) -> subprocess.Popen[str]:
-    env = {**os.environ, **{k: v for k, v in settings.env.items() if v}, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "bot", "worker", "--name", name], env=env, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
-
-
-def stop(worker: subprocess.Popen[str]) -> None:
-    if worker.poll() is None:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait(10)
 
 
 def test_rq_workers_run_the_agent_and_the_console_sees_every_edit(tmp_path: Path, model, redis_url: str) -> None:

@@ -7,8 +7,6 @@ import os
 import time
 from pathlib import Path
 
-import pytest
-
 from adapters.console import ConsoleChat
 from bot.approvals import NOTHING_PENDING, TYPED_HINT
 from bot.db.repositories import Runs
@@ -16,23 +14,14 @@ from bot.engine import Engine, set_current
 from bot.queue import InProcessQueue
 from bot.types import RunState
 from plugins.agents.opencode import check_health
-from plugins.agents.opencode_server import stop_all
 from tests.adapters.test_slack import CHANNEL, mention, replies, socket_adapter
-from tests.fakes.openai_server import FakeOpenAIServer, Turn
+from tests.fakes.openai_server import Turn
 from tests.fakes.slack_server import DEFAULT_USER_ID, FakeSlackServer
 from tests.support.engines import EngineBuilder, make_settings, write_manifest
 from tests.workers.agent_support import agent_settings, ask, requires_opencode, wait_until
 from tests.workers.test_opencode_server import runs_of, the_server, warm_engine
 
 pytestmark = requires_opencode
-
-@pytest.fixture
-def model():
-    server = FakeOpenAIServer().start()
-    yield server
-    server.stop()
-    stop_all()
-
 
 def asking_engine(make_engine: EngineBuilder, tmp_path: Path, model, timeout_s: int = 300):
     engine, view = warm_engine(make_engine, agent_settings(tmp_path, model))

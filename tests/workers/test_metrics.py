@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -21,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bot.db.repositories import Runs
 from bot.types import Message, RunState, ThreadRef
 from tests.support.engines import REPO, EngineBuilder, run_bot
+from tests.support.processes import stop
 from tests.support.servers import free_port, wait_for_port
 from tests.workers.agent_support import wait_until
 
@@ -66,13 +66,7 @@ def worker(settings, tmp_path: Path, name: str, **env: str) -> Iterator[tuple[in
         wait_until(lambda: "worker ready" in log_path.read_text(), 60, "the worker to listen")
         yield port, log_path
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
+        stop(process)
 
 
 def run_state(engine, run_id: int) -> RunState | None:

@@ -7,24 +7,14 @@ import os
 import time
 from pathlib import Path
 
-import pytest
-
 from bot.db.repositories import Conversations, Runs
 from bot.types import EventKind, RunState
-from plugins.agents.opencode_server import kill, running_servers, serving_pid, stop_all
-from tests.fakes.openai_server import FakeOpenAIServer, Turn
+from plugins.agents.opencode_server import kill, running_servers, serving_pid
+from tests.fakes.openai_server import Turn
 from tests.support.engines import WHERE, EngineBuilder
 from tests.workers.agent_support import agent_settings, ask, processes_with, requires_opencode, wait_until
 
 pytestmark = requires_opencode
-
-
-@pytest.fixture
-def model():
-    server = FakeOpenAIServer().start()
-    yield server
-    server.stop()
-    stop_all()
 
 
 def warm_engine(make_engine: EngineBuilder, settings):

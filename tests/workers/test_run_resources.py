@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from bot.db.repositories import Resources
-from tests.fakes.openai_server import FakeOpenAIServer, Turn
+from tests.fakes.openai_server import Turn
 from tests.support.engines import EngineBuilder
 from tests.workers.agent_support import agent_settings, ask, requires_opencode
 
@@ -15,13 +13,6 @@ pytestmark = requires_opencode
 
 TOKEN = "xoxb-7770001111-2223334444-QwErTyUiOpAsDfGhJkLzXcVb"
 REPORT = "# Quarterly report\n\nThe retry backoff is now exponential with jitter.\n"
-
-
-@pytest.fixture
-def model():
-    server = FakeOpenAIServer().start()
-    yield server
-    server.stop()
 
 
 def test_a_runs_files_diff_and_refusals_reach_the_thread_and_sql_and_survive_a_restart(

@@ -6,25 +6,14 @@ import json
 import time
 from pathlib import Path
 
-import pytest
-
 from bot.runs import CANNOT_STEER
 from bot.types import RunState
-from plugins.agents.opencode_server import stop_all
-from tests.fakes.openai_server import FakeOpenAIServer, Turn
+from tests.fakes.openai_server import Turn
 from tests.support.engines import EngineBuilder
 from tests.workers.agent_support import agent_settings, ask, processes_with, requires_opencode, wait_until
 from tests.workers.test_opencode_server import runs_of, warm_engine
 
 pytestmark = requires_opencode
-
-
-@pytest.fixture
-def model():
-    server = FakeOpenAIServer().start()
-    yield server
-    server.stop()
-    stop_all()
 
 
 def test_a_message_during_a_warm_run_steers_what_the_agent_does_next(tmp_path: Path, model,

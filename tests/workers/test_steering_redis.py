@@ -14,7 +14,6 @@ from tests.support.engines import EngineBuilder
 from tests.workers.agent_support import processes_with, requires_opencode, wait_until
 from tests.workers.test_warm_workers import (
     WHERE,
-    model,  # noqa: F401 (fixture)
     replies,
     start_worker,
     stop_worker,
@@ -37,7 +36,7 @@ def ended(engine):
     return run if run is not None and run.state.is_final else None
 
 
-def test_a_worker_run_is_steered_and_approved_over_redis(tmp_path: Path, model, redis_url: str,  # noqa: F811
+def test_a_worker_run_is_steered_and_approved_over_redis(tmp_path: Path, model, redis_url: str,
                                                          make_engine: EngineBuilder) -> None:
     marker = f"sleep 4.{int(time.time()) % 10}"
     model.script(

@@ -12,10 +12,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from sqlalchemy import text
 
 from bot.db.repositories import Conversations, Runs
@@ -27,7 +25,6 @@ from plugins.agents.opencode_server import (
     directory_header,
     running_servers,
     serving_pid,
-    stop_all,
 )
 from plugins.agents.opencode_sessions import bring_session, session_seq
 from tests.fakes.openai_fixtures import OPENCODE_BIN
@@ -43,14 +40,6 @@ WHERE = ThreadRef("console", "local", "warm-workers")
 SERVER_READY_S = 90
 #: Seconds one agent run through a worker gets.
 RUN_S = 180
-
-
-@pytest.fixture
-def model() -> Iterator[FakeOpenAIServer]:
-    server = FakeOpenAIServer().start()
-    yield server
-    server.stop()
-    stop_all()
 
 
 def warm_settings(tmp_path: Path, model: FakeOpenAIServer, **env: str):
