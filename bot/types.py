@@ -437,8 +437,9 @@ class AgentTask:
     allow_webfetch: bool = False
     #: Environment variables (beyond the basics) the agent may see; never the bot's secrets.
     env: dict[str, str] = field(default_factory=dict)
-    #: True for a fork's first run: `session_id` is the parent's session (copied into this
-    #: conversation's state by `/fork`), to be forked into a new session, not continued.
+    #: True for a fork's first run: `session_id` is the parent's session, to be forked into a new
+    #: session, not continued (on the warm server with `POST /session/:id/fork`; on the cold path
+    #: from the copy in this conversation's state).
     fork_session: bool = False
     #: Tool calls that wait for a person's approval (`agent.ask`): (tool class, pattern) pairs,
     #: e.g. ("bash", "git push*"). Only an agent that takes mid-run messages can ask.

@@ -28,7 +28,7 @@ from plugins.agents.cli_runner import CliInvocation, run_cli
 from plugins.agents.opencode_events import parse_line
 from plugins.agents.opencode_model import connection_problem, ping, read_user_config, resolve_endpoint
 from plugins.agents.opencode_server import OpencodeServer, ServerSpec, server_for, stop_all
-from plugins.agents.opencode_sessions import copy_session
+from plugins.agents.opencode_sessions import copy_session, freshest_holder, with_fork_copy
 from plugins.agents.opencode_warm import WarmRun
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ class ConfiguredOpencode:
                                   f"({problem}). Check its address in OPENCODE_CONFIG, or `python -m bot doctor`.")
         cold = OpencodeAgent(binary, Path(user_config) if user_config else None)
         if manifest.agent.mode == "cold":
-            return cold.run(task, on_event, cancel)
+            return cold.run(with_fork_copy(task, self._server_states()), on_event, cancel)
         server = server_for(self._server_spec(binary, task.allow_webfetch, task.env))
         return WarmRun(server, cold, self._server_states()).run(task, on_event, cancel, inbox)
 
@@ -207,7 +207,13 @@ class ConfiguredOpencode:
         return self.settings.data_dir / "agent-state"
 
     def copy_session(self, session_id: str, parent_state: Path, fork_state: Path, fork_workspace: Path) -> bool:
-        """Make the parent's session forkable in a fork's state (see `opencode_sessions`); return whether it is."""
+        """Make the parent's session forkable by the fork's first run (see `opencode_sessions`); return whether it is.
+
+        Cold: copied into the fork's state. Warm: nothing is copied (the fork's first run forks the
+        session on its worker's server), so it is forkable when some agent state holds it.
+        """
+        if self.manifest.agent.mode == "warm":
+            return freshest_holder(self._server_states(), session_id)[0] is not None
         return copy_session(session_id, parent_state, fork_state, fork_workspace)
 
 

@@ -17,6 +17,14 @@ it too: measured with 1.18.33, the fork wrote into the parent's workspace). So `
 the parent's database into the fork's state and points the parent's session at the fork's
 workspace there; the fork's first run then forks that copy into a session of its own. The
 parent's own state is only read.
+
+On the warm server (`agent.mode: warm`) `/fork` copies nothing: the fork's first run brings the
+parent's session to its worker's server (as a follow-up would), forks it there with
+`POST /session/:id/fork` and prompts the new session. A forked session keeps the parent's
+directory on the server too (measured with 1.18.33, and PATCH cannot change it), so the new
+session is re-homed: its event history, the directory in it changed to the fork's workspace,
+replaces it (`DELETE`, then `POST /sync/replay`, which takes the directory from the events). A
+fork's first run that takes the cold path gets the copy then, from the freshest holder.
 """
 
 from __future__ import annotations
@@ -25,8 +33,11 @@ import contextlib
 import json
 import logging
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+from bot.types import AgentTask
 
 log = logging.getLogger(__name__)
 
@@ -123,3 +134,55 @@ def bring_session(api: Any, headers: dict[str, str], session_id: str, workspace:
         return False
     log.info("opencode session %s carried over from %s (%d events)", session_id, holder.name, len(history))
     return True
+
+
+def fork_on_server(api: Any, headers: dict[str, str], session_id: str, workspace: Path, own_state: Path) -> str | None:
+    """Fork a session this server has (`POST /session/:id/fork`) into one homed in `workspace`; return its id.
+
+    None: the server refused the fork, or the new session could not be re-homed (then it is deleted).
+    """
+    answer = api.post(f"/session/{session_id}/fork", headers=headers, json={})
+    if answer.status_code != 200:
+        log.warning("forking opencode session %s: HTTP %s %s", session_id, answer.status_code, answer.text[:200])
+        return None
+    forked = answer.json()
+    fork_id, directory = str(forked["id"]), str(forked.get("directory") or "")
+    if directory == str(workspace):
+        return fork_id
+    try:
+        history = session_history(own_state, fork_id)
+    except (sqlite3.Error, ValueError):
+        log.exception("reading the forked opencode session %s failed", fork_id)
+        history = []
+    for event in history:
+        info = event["data"].get("info") if isinstance(event["data"], dict) else None
+        if isinstance(info, dict) and info.get("directory") == directory:
+            info["directory"] = str(workspace)
+            if info.get("path") == directory.lstrip("/"):
+                info["path"] = str(workspace).lstrip("/")
+    api.delete(f"/session/{fork_id}", headers=headers)
+    if not history:
+        return None
+    replayed = api.post("/sync/replay", headers=headers, json={"directory": str(workspace), "events": history})
+    if replayed.status_code != 200:
+        log.warning("re-homing the forked opencode session %s: HTTP %s %s", fork_id, replayed.status_code,
+                    replayed.text[:200])
+        api.delete(f"/session/{fork_id}", headers=headers)
+        return None
+    log.info("opencode session %s forked into %s, in %s", session_id, fork_id, workspace)
+    return fork_id
+
+
+def with_fork_copy(task: AgentTask, states: Path) -> AgentTask:
+    """Return the task for a fork's first run on the cold path: the parent's session copied into its state.
+
+    A warm `/fork` copies nothing (the server forks the session), so a cold run copies it now
+    from the freshest holder; when nothing holds it, the fork starts a fresh session.
+    """
+    if not task.fork_session or not task.session_id or session_seq(task.state_dir, task.session_id) >= 0:
+        return task
+    holder, _ = freshest_holder(states, task.session_id)
+    if holder is not None and copy_session(task.session_id, holder, task.state_dir, task.workspace):
+        return task
+    log.warning("run %s: the parent's session %s is nowhere to fork; a fresh session", task.run_id, task.session_id)
+    return replace(task, session_id=None, fork_session=False)

@@ -1,6 +1,6 @@
 """One agent run on the warm opencode server, over HTTP; the cold `opencode run` when it cannot be.
 
-    session (continue it, or POST /session) ─► subscribe to its events ─► POST prompt_async
+    session (continue it, fork it: POST /session/:id/fork, or POST /session) ─► subscribe to its events ─► POST prompt_async
         ─► server events ─► ServerEvents ─► on_event ─► idle ─► reconcile from
            GET /session/:id/message (prompt_async answers 204 even on failure, #32010)
     a steering message (inbox) ─► POST prompt_async on the busy session: opencode's loop reads
@@ -12,7 +12,8 @@
 
 A session lives in the database of the server that made it (the worker's state, not the
 conversation's): a cold fallback for such a session runs on that state directory, so it
-continues the same history.
+continues the same history. A fork's first run brings the parent's session here like a
+follow-up, forks it and prompts the fork (`opencode_sessions.fork_on_server`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from bot.signals import APPROVAL, STEER, RunInbox, Signal
 from bot.types import AgentOutcome, AgentTask, EventKind, RunEvent
 from plugins.agents.opencode_events import ServerEvents
 from plugins.agents.opencode_server import SERVER_LOST, OpencodeServer, ServerUnavailable, directory_header
-from plugins.agents.opencode_sessions import bring_session, freshest_holder
+from plugins.agents.opencode_sessions import bring_session, fork_on_server, freshest_holder, with_fork_copy
 
 if TYPE_CHECKING:
     from plugins.agents.opencode import OpencodeAgent
@@ -94,8 +95,6 @@ class WarmRun:
         With an `inbox`, steering messages and approval answers reach the running session;
         those left when the run ends (the cold path cannot take them) stay in it.
         """
-        if task.fork_session:  # the parent's session was copied into the conversation's state by /fork
-            return self.cold.run(task, on_event, cancel)
         try:
             self.server.ensure()
         except ServerUnavailable as exc:
@@ -113,25 +112,34 @@ class WarmRun:
             self.server.request_restart(f"a run lost it: {exc}")
             left = task.timeout_s - (time.monotonic() - started)
             taken = replace(task, timeout_s=max(1.0, left), session_id=session_id or task.session_id,
+                            fork_session=task.fork_session and session_id is None,
                             prompt=CONTINUE_PROMPT if state.prompt_taken else task.prompt)
             return self._cold(taken, on_event, cancel, f"warm server lost mid-run: {exc}")
 
     def _session(self, api: httpx.Client, task: AgentTask) -> str | None:
         """Return the session to prompt: the task's (carried over to this server if need be), else a new one.
 
-        None: the task's session could not be brought here (the cold path continues it).
+        A fork's first run prompts a fork of the task's session (the parent's), made here.
+        None: the task's session could not be brought here, or not forked (the cold path takes it).
         """
         headers = directory_header(task.workspace)
         if task.session_id:
             here = bring_session(api, headers, task.session_id, task.workspace, self.server.spec.state_dir, self.states)
             if not here:
                 return None
+            if task.fork_session:
+                forked = fork_on_server(api, headers, task.session_id, task.workspace, self.server.spec.state_dir)
+                if forked is None:
+                    return None
+                session_id = forked
+            else:
+                session_id = task.session_id
             # A follow-up gets today's rules (agent.ask may have changed since the session began).
-            answer = api.patch(f"/session/{task.session_id}", headers=headers,
+            answer = api.patch(f"/session/{session_id}", headers=headers,
                                json={"permission": session_rules(task.allow_webfetch, task.ask)})
             if answer.status_code >= 400:
                 log.warning("run %s: the session's permission rules were not updated: %s", task.run_id, answer.text)
-            return task.session_id
+            return session_id
         answer = api.post("/session", headers=headers,
                           json={"title": f"Run {task.run_id}",
                                 "permission": session_rules(task.allow_webfetch, task.ask)})
@@ -252,7 +260,9 @@ class WarmRun:
         """Run the task by the cold path, in the state that holds its session; return how it ended."""
         log.warning("run %s on the cold path: %s", task.run_id, why)
         on_event(RunEvent(EventKind.STEP, name="cold-fallback", text=why))
-        if task.session_id:  # continue the session where its newest copy lives (a server's state, say)
+        if task.fork_session:  # a fork's first run forks the parent's session, copied into the fork's state
+            task = with_fork_copy(task, self.states)
+        elif task.session_id:  # continue the session where its newest copy lives (a server's state, say)
             holder, _ = freshest_holder(self.states, task.session_id)
             if holder is not None and holder != task.state_dir:
                 task = replace(task, state_dir=holder)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import pytest
 from bot.db.repositories import Conversations, Resources, Runs
 from bot.engine import Engine
 from bot.types import Conversation, RunState, ThreadRef
+from plugins.agents.opencode_server import directory_header, running_servers, stop_all
+from plugins.agents.opencode_sessions import DATABASE
 from tests.fakes.openai_server import FakeOpenAIServer, Turn, is_side_request
 from tests.support.engines import WHERE, EngineBuilder, message
 from tests.support.ports import RecordingPort
@@ -186,6 +189,113 @@ def test_fork_and_merge_end_to_end_with_opencode_and_a_forked_session(tmp_path: 
         assert git(workspace(engine, parent.id), "status", "--porcelain") == ""
     finally:
         model.stop()
+
+
+@requires_opencode
+def test_a_warm_fork_forks_the_parents_session_on_the_server_and_the_parent_does_not_see_the_fork(
+        tmp_path: Path, make_engine: EngineBuilder) -> None:
+    model = FakeOpenAIServer().start()
+    try:
+        model.script(Turn.write("a.txt", "one\n"), Turn.text("Wrote a.txt."),
+                     Turn.write("b.txt", "two\n"), Turn.text("Wrote b.txt."),
+                     Turn.text("Here only a.txt was written."))
+        settings = agent_settings(tmp_path, model)  # cold, as test helpers pin it; this test asks for warm
+        manifest = Path(settings.manifest_path)
+        manifest.write_text(manifest.read_text().replace("  mode: cold\n", "  mode: warm\n", 1))
+        engine, view = make_engine(settings)
+        assert engine.manifest.agent.mode == "warm"
+        engine.agents["opencode"].warm_up()  # as `chat`, `run` and every worker do at start
+        [server] = running_servers()
+        wait_until(lambda: server.alive() and server.healthy(), 90, "the warm server to be ready")
+        ask(engine, "/agent write a.txt")
+        engine.queue.wait(timeout=120)
+        with engine.db.reading() as session:
+            parent = Conversations(session).find(WHERE)
+        [parent_run] = _runs(engine, parent.id)
+        assert parent_run.state == RunState.DONE and parent_run.session_id, parent_run.error
+        assert not (tmp_path / "data" / "agent-state" / str(parent.id) / DATABASE).exists()  # warm: the server's
+
+        reply = say(engine, view, "/fork add b.txt")
+        assert "The agent is starting on: add b.txt." in reply
+        [child] = forks_of(engine, parent.id)
+        assert "The agent continues a copy of that thread's session" in "\n".join(view.posts)
+        wait_until(lambda: _runs(engine, child.id) and _runs(engine, child.id)[0].state.is_final, 120,
+                   "the fork's run to end")
+        engine.queue.wait(timeout=60)
+        fork_run = _runs(engine, child.id)[0]
+        assert fork_run.state == RunState.DONE, fork_run.error
+        with engine.db.reading() as session:
+            names = [event.name for event in Runs(session).events(fork_run.id)]
+            assert Conversations(session).get(child.id).agent_session_id == fork_run.session_id
+        assert "cold-fallback" not in names  # forked on the warm server, not by `opencode run --fork`
+        assert not (tmp_path / "data" / "agent-state" / str(child.id) / DATABASE).exists()
+        # The fork's run continued the parent's history, in a session of its own, homed in its workspace.
+        fork_request = [body for body in model.scripted_requests if not is_side_request(body)][-1]
+        history = " ".join(str(m.get("content")) for m in fork_request["messages"])
+        assert "write a.txt" in history and "Wrote a.txt." in history and "add b.txt" in history
+        assert fork_run.session_id.startswith("ses") and fork_run.session_id != parent_run.session_id
+        with server.client() as api:
+            forked = api.get(f"/session/{fork_run.session_id}", headers=directory_header(workspace(engine, child.id)))
+        assert forked.json()["directory"] == str(workspace(engine, child.id))
+        assert (workspace(engine, child.id) / "b.txt").read_text() == "two\n"
+        assert not (workspace(engine, parent.id) / "b.txt").exists()
+
+        # The parent's next run continues its own session, which has none of the fork's exchange.
+        ask(engine, "/agent what did you write?")
+        engine.queue.wait(timeout=120)
+        again = _runs(engine, parent.id)[0]
+        assert again.state == RunState.DONE and again.session_id == parent_run.session_id, again.error
+        parent_request = [body for body in model.scripted_requests if not is_side_request(body)][-1]
+        history = " ".join(str(m.get("content")) for m in parent_request["messages"])
+        assert "write a.txt" in history and "what did you write?" in history
+        # (the bot's recalled context may quote the fork's thread; the session itself has only its own turns)
+        turns = parent_request["messages"]
+        agent_turns = json.dumps([m for m in turns if m.get("role") in ("assistant", "tool")])
+        assert "Wrote a.txt." in agent_turns and "b.txt" not in agent_turns
+        assert len([m for m in turns if m.get("role") == "user"]) == 2  # its first prompt and this one
+    finally:
+        model.stop()
+        stop_all()
+
+
+@requires_opencode
+def test_a_warm_fork_whose_first_run_is_cold_copies_the_parents_session_then(tmp_path: Path,
+                                                                              make_engine: EngineBuilder) -> None:
+    model = FakeOpenAIServer().start()
+    try:
+        model.script(Turn.write("a.txt", "one\n"), Turn.text("Wrote a.txt."),
+                     Turn.write("b.txt", "two\n"), Turn.text("Wrote b.txt."))
+        settings = agent_settings(tmp_path, model)
+        manifest = Path(settings.manifest_path)
+        manifest.write_text(manifest.read_text().replace("  mode: cold\n", "  mode: warm\n", 1))
+        engine, view = make_engine(settings)
+        engine.agents["opencode"].warm_up()
+        [server] = running_servers()
+        wait_until(lambda: server.alive() and server.healthy(), 90, "the warm server to be ready")
+        ask(engine, "/agent write a.txt")
+        engine.queue.wait(timeout=120)
+        with engine.db.reading() as session:
+            parent = Conversations(session).find(WHERE)
+        [parent_run] = _runs(engine, parent.id)
+        assert parent_run.state == RunState.DONE, parent_run.error
+        say(engine, view, "/fork")
+        [child] = forks_of(engine, parent.id)
+        engine.manifest.agent.mode = "cold"  # the fork's first run takes `opencode run --fork`
+        engine.dispatch(message("/agent add b.txt", where=child.where))
+        wait_until(lambda: _runs(engine, child.id) and _runs(engine, child.id)[0].state.is_final, 120,
+                   "the fork's run to end")
+        engine.queue.wait(timeout=60)
+        fork_run = _runs(engine, child.id)[0]
+        assert fork_run.state == RunState.DONE, fork_run.error
+        assert (tmp_path / "data" / "agent-state" / str(child.id) / DATABASE).exists()  # copied for the cold run
+        fork_request = [body for body in model.scripted_requests if not is_side_request(body)][-1]
+        assert "Wrote a.txt." in json.dumps(fork_request["messages"])
+        assert fork_run.session_id and fork_run.session_id != parent_run.session_id
+        assert (workspace(engine, child.id) / "b.txt").read_text() == "two\n"
+        assert not (workspace(engine, parent.id) / "b.txt").exists()
+    finally:
+        model.stop()
+        stop_all()
 
 
 def _runs(engine: Engine, conversation_id: int):
