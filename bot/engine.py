@@ -480,6 +480,19 @@ class Engine:
         with self._ports_lock:
             self._ports[port.platform] = port
 
+    def after_fork(self) -> None:
+        """Make this engine usable in a forked child (an RQ work-horse).
+
+        A lock another thread of the parent held at the moment of the fork (the reaper resolving
+        a chat port, say) stays held forever in the child, so each of the engine's own is made
+        anew; the database pool is dropped without closing the parent's connections.
+        """
+        self.db.engine.dispose(close=False)
+        self._ports_lock = threading.Lock()
+        for part in (self.inbox, self.context, self.signals, self.rate_budget.buckets):
+            if hasattr(part, "_lock"):
+                part._lock = threading.Lock()
+
     def port_for(self, platform: str) -> ChatPort:
         """Return the chat port for a platform, asking the `chat_port` hook on first use."""
         with self._ports_lock:
@@ -568,14 +581,24 @@ def set_current(engine: Engine | None) -> None:
 def current() -> Engine:
     """Return this process's engine, building it from the environment on first use (RQ).
 
-    In an RQ work-horse (a fork of the worker) the inherited database pool is dropped
-    without closing the parent's connections.
+    In an RQ work-horse (a fork of the worker) the engine was made fork-safe as the fork
+    happened (`_after_fork_in_child`).
     """
     global _current, _current_pid
     with _current_lock:
         if _current is None:
             _current = Engine.from_settings()
-        elif _current_pid != os.getpid():
-            _current.db.engine.dispose(close=False)
         _current_pid = os.getpid()
         return _current
+
+
+def _after_fork_in_child() -> None:
+    """Give a forked child fresh locks: the module's, and the current engine's (`Engine.after_fork`)."""
+    global _current_lock, _current_pid
+    _current_lock = threading.Lock()
+    if _current is not None:
+        _current.after_fork()
+        _current_pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
