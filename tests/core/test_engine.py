@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -244,3 +245,34 @@ def test_manifest_modules_load_plugins_and_a_missing_one_is_a_config_error(tmp_p
     blocked = make_plugin_manager(Manifest.model_validate({"plugins": {"disabled": ["plugins.smalltalk"]}}),
                                   load_entrypoints=False)
     assert blocked.get_plugin("plugins.smalltalk") is None
+
+
+def test_a_forked_work_horse_is_not_blocked_by_a_lock_its_parent_held(engine: Engine) -> None:
+    """RQ forks a work-horse while the worker's reaper thread may hold an engine lock (resolving a
+    chat port, say); the child must get a fresh one, or it waits forever (the restart soak saw it)."""
+    import signal
+    import threading
+
+    held, release = threading.Event(), threading.Event()
+
+    def reaper_like() -> None:
+        with engine._ports_lock:  # what port_for holds while it asks the chat_port hook
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=reaper_like)
+    thread.start()
+    assert held.wait(5)
+    child = os.fork()
+    if child == 0:  # the work-horse: resolving a port must not block (SIGALRM ends it if it does)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(5)
+        try:
+            engine.port_for("test")
+        except BaseException:
+            os._exit(1)
+        os._exit(0)
+    release.set()
+    thread.join(5)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0  # not killed by the alarm
