@@ -11,6 +11,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,19 +44,28 @@ TEST_DEFAULTS: dict[str, dict[str, Any]] = {"agent": {"mode": "cold"}}
 
 def make_settings(tmp_path: Path, **env: str) -> Settings:
     """Return settings for a throw-away data dir with the repo's manifest (cold agent: TEST_DEFAULTS)."""
-    base = {"BOT_DATA_DIR": str(tmp_path / "data"), "BOT_MANIFEST": str(manifest_for_tests(tmp_path))}
+    base = {"BOT_DATA_DIR": str(tmp_path / "data"), "BOT_MANIFEST": str(manifest_for_tests())}
     return Settings.from_env({**base, **env})
 
 
-def manifest_for_tests(folder: Path) -> Path:
-    """Write the repo's manifest with TEST_DEFAULTS laid over it (once per folder); return its path."""
-    path = folder / "manifest.test.yml"
-    if not path.exists():
+_test_manifest: Path | None = None
+
+
+def manifest_for_tests() -> Path:
+    """Return the repo's manifest with TEST_DEFAULTS laid over it, written once per test process.
+
+    Outside any test's folder: settings are also made for folders that do not exist.
+    """
+    global _test_manifest
+    if _test_manifest is None or not _test_manifest.exists():
         data = yaml.safe_load((REPO / "manifest.yml").read_text())
         for section, values in TEST_DEFAULTS.items():
             data.setdefault(section, {}).update(values)
-        path.write_text(yaml.safe_dump(data))
-    return path
+        handle, name = tempfile.mkstemp(prefix="threadwork-test-manifest-", suffix=".yml")
+        with os.fdopen(handle, "w") as file:
+            file.write(yaml.safe_dump(data))
+        _test_manifest = Path(name)
+    return _test_manifest
 
 
 def write_manifest(folder: Path, overrides: dict[str, dict[str, Any]]) -> Path:
@@ -126,7 +136,7 @@ def rows(engine: Engine, sql: str, *args: Any) -> list[tuple]:
 def bot_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """Return an environment for running `python -m bot` in a subprocess on throw-away state."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DISCORD_", "ANTHROPIC_"))}
-    env.update({"BOT_DATA_DIR": str(tmp_path / "data"), "BOT_MANIFEST": str(manifest_for_tests(tmp_path)),
+    env.update({"BOT_DATA_DIR": str(tmp_path / "data"), "BOT_MANIFEST": str(manifest_for_tests()),
                 "PYTHONPATH": str(REPO)})
     env.update(extra)
     return env
