@@ -163,7 +163,7 @@ class Memories:
 
     # -- proposed memories (kind `proposal`: not indexed, listed or recalled until confirmed) --
 
-    def propose(self, text: str, *, scope: Scope, conversation_id: int, platform_message_id: str, tokens: int,
+    def propose(self, text: str, *, scope: Scope, conversation_id: int, platform_message_id: str | None, tokens: int,
                 author_id: str = "", author_name: str = "", source_message_id: int | None = None) -> int:
         """Store a proposed memory, posted as the chat message `platform_message_id`; return its id."""
         row = MemoryRow(conversation_id=conversation_id, text=text, tokens=tokens, kind=MemoryKind.PROPOSAL.value,
@@ -173,6 +173,11 @@ class Memories:
         self.s.add(row)
         self.s.flush()
         return row.id
+
+    def posted_as(self, memory_id: int, platform_message_id: str) -> None:
+        """Record the chat message a proposal was posted as (it is stored before it is posted)."""
+        self.s.execute(update(MemoryRow).where(MemoryRow.id == memory_id)
+                       .values(platform_message_id=platform_message_id))
 
     def proposal(self, platform: str, platform_message_id: str) -> Memory | None:
         """Return the unconfirmed proposal posted as this chat message, or None."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -30,6 +31,8 @@ from bot.redaction import REDACTED
 from bot.types import Command, CommandContext, Conversation, EngineAPI, Message, Reaction, as_utc, utcnow
 
 log = logging.getLogger(__name__)
+#: Seconds a ✅ on a bot message that is no proposal (yet) waits before it is looked up again.
+PROPOSAL_WRITE_WAIT_S = 0.5
 
 #: Reactions that keep a proposal: Slack names the emoji, Discord sends it.
 KEEP_EMOJI = frozenset({"white_check_mark", "heavy_check_mark", "✅", "✔️"})
@@ -110,11 +113,19 @@ def remember(message: Message, conversation: Conversation, engine: EngineAPI) ->
         with engine.db.reading() as session:
             if Memories(session).holds(scope, candidate.text):
                 return
-        posted = engine.say(conversation, _offer(candidate, conversation.where.platform))
+        # Stored before it is posted, so a ✅ quicker than the write after the post still finds it.
         with engine.db.session() as session:
-            Memories(session).propose(candidate.text, scope=scope, conversation_id=conversation.id,
-                                      platform_message_id=posted, tokens=estimate_tokens(candidate.text),
-                                      author_id=message.user_id, author_name=message.user_name)
+            proposal_id = Memories(session).propose(
+                candidate.text, scope=scope, conversation_id=conversation.id, platform_message_id=None,
+                tokens=estimate_tokens(candidate.text), author_id=message.user_id, author_name=message.user_name)
+        try:
+            posted = engine.say(conversation, _offer(candidate, conversation.where.platform))
+        except Exception:
+            with engine.db.session() as session:
+                Memories(session).delete(Memories(session).get([proposal_id]))
+            raise
+        with engine.db.session() as session:
+            Memories(session).posted_as(proposal_id, posted)
     except Exception:  # boundary: the answer is out; a failed proposal must not look like a failed answer
         log.exception("proposing a memory in %s failed", conversation.where)
 
@@ -133,10 +144,10 @@ def _offer(candidate: Candidate, platform: str) -> str:
 def reaction_added(reaction: Reaction, engine: EngineAPI) -> None:
     if reaction.emoji not in KEEP_EMOJI:
         return
+    proposal = _proposal_posted_as(engine, reaction)
+    if proposal is None or proposal.conversation_id is None:
+        return  # a ✅ on any other message
     with engine.db.reading() as session:
-        proposal = Memories(session).proposal(reaction.platform, reaction.message_id)
-        if proposal is None or proposal.conversation_id is None:
-            return  # a ✅ on any other message
         conversation = Conversations(session).get(proposal.conversation_id)
     try:
         reply = keep(engine, proposal, conversation, reaction.user_id)
@@ -145,6 +156,18 @@ def reaction_added(reaction: Reaction, engine: EngineAPI) -> None:
         return  # a reaction is no request: someone not allowed to keep it gets no answer
     if reply:
         engine.say(conversation, reply)
+
+
+def _proposal_posted_as(engine: EngineAPI, reaction: Reaction) -> Memory | None:
+    """Return the proposal the reacted message is, looking once more after a moment: the ✅ can
+    arrive between the offer's post and the write of its message id."""
+    for attempt in range(2):
+        with engine.db.reading() as session:
+            proposal = Memories(session).proposal(reaction.platform, reaction.message_id)
+        if proposal is not None or attempt:
+            return proposal
+        time.sleep(PROPOSAL_WRITE_WAIT_S)
+    return None
 
 
 def keep(engine: EngineAPI, proposal: Memory, conversation: Conversation, user_id: str) -> str | None:
