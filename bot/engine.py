@@ -524,10 +524,14 @@ class Engine:
         return True
 
     def listening_workers(self) -> int | None:
-        """Return how many workers take queued jobs (None: this process runs them), cached briefly."""
+        """Return how many workers take queued jobs (None: this process runs them), cached briefly.
+
+        A count of 0 is asked again every time: it makes dispatch tell the thread that no worker
+        runs, which a worker started since must not be told.
+        """
         checked_at, count = self._workers_seen
         now = time.monotonic()
-        if now - checked_at >= constants.WORKERS_RECHECK_S:
+        if now - checked_at >= constants.WORKERS_RECHECK_S or count == 0:
             count = self.queue.listening_workers()
             self._workers_seen = (now, count)
         return count
