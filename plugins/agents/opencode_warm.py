@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -336,18 +335,6 @@ class _RunState:
     """What a warm run did before it was interrupted: whether the server took the prompt."""
 
     prompt_taken = False
-
-
-def _holds(state_dir: Path, session_id: str) -> bool:
-    """Return True if the opencode database in this state dir has the session."""
-    path = state_dir / DATABASE
-    if not path.is_file():
-        return False
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
-            return db.execute("SELECT 1 FROM session WHERE id = ?", (session_id,)).fetchone() is not None
-    except sqlite3.Error:
-        return False
 
 
 def _final_text(messages: list[dict[str, Any]]) -> str:
