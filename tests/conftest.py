@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,18 +65,57 @@ def redis_server_url() -> Iterator[str]:
         pytest.skip(str(exc))
 
 
-_redis_dbs = itertools.cycle(range(1, 16))
+#: Seconds a test's processes get to let go of its Redis database once the test is over.
+REDIS_LET_GO_S = 10
+
+
+def _clients_on(redis, db: int) -> list[str]:
+    """Return the addresses of the other clients connected to a Redis database."""
+    me = redis.client_id()
+    return [client["addr"] for client in redis.client_list()
+            if int(client.get("db", -1)) == db and int(client["id"]) != me]
+
+
+def _other_processes_at(addresses: list[str]) -> list[str]:
+    """Return "pid N: command line" of each process but this one with a TCP socket at one of the addresses."""
+    ports = {int(address.rsplit(":", 1)[1]) for address in addresses}
+    inodes = {fields[9] for fields in (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
+              if int(fields[1].split(":")[1], 16) in ports}
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if any(os.readlink(fd).removeprefix("socket:[").rstrip("]") in inodes for fd in (proc / "fd").iterdir()):
+                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                found.append(f"pid {proc.name}: {command[:160]}")
+        except OSError:
+            continue
+    return found
 
 
 @pytest.fixture
-def redis_url(redis_server_url: str) -> str:
-    """A Redis database of its own for one test (emptied first), on the session's server."""
+def redis_url(redis_server_url: str) -> Iterator[str]:
+    """A Redis database of its own for one test (emptied first), on the session's server.
+
+    The database is one nothing is connected to: a worker some earlier test left running would
+    otherwise take this test's jobs. A test that leaves a process connected to it fails, naming it.
+    """
     from redis import Redis
 
-    url = redis_server_url.rsplit("/", 1)[0] + f"/{next(_redis_dbs)}"
-    with Redis.from_url(url) as redis:
-        redis.flushdb()
-    return url
+    base = redis_server_url.rsplit("/", 1)[0]
+    with Redis.from_url(f"{base}/0", decode_responses=True) as redis:
+        db = next((n for n in range(1, 16) if not _clients_on(redis, n)), None)
+        if db is None:
+            pytest.fail("every Redis database has clients connected: earlier tests left them running")
+        with Redis.from_url(f"{base}/{db}") as chosen:
+            chosen.flushdb()
+        yield f"{base}/{db}"
+        deadline = time.monotonic() + REDIS_LET_GO_S
+        while (left := _other_processes_at(_clients_on(redis, db))) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    if left:
+        pytest.fail(f"processes still connected to this test's Redis database {db} after it ended: {'; '.join(left)}")
 
 
 @pytest.fixture(scope="session")
