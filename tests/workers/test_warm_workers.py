@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from redis import Redis
+from rq.job import Job
 from sqlalchemy import text
 
 from bot.db.repositories import Conversations, Runs
@@ -50,9 +52,17 @@ def warm_settings(tmp_path: Path, model: FakeOpenAIServer, **env: str):
 
 
 def start_worker(settings, name: str) -> subprocess.Popen[str]:
+    """Start `python -m bot worker`; its log goes to `worker-<name>.log` beside the manifest (read on failure)."""
     env = {**os.environ, **{k: v for k, v in settings.env.items() if v}, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "bot", "worker", "--name", name], env=env, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    with open(Path(settings.manifest_path).parent / f"worker-{name}.log", "w") as log:
+        return subprocess.Popen([sys.executable, "-m", "bot", "worker", "--name", name], env=env, cwd=REPO,
+                                stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def worker_log(settings) -> str:
+    """Return every worker's log of this test, for an assertion's message."""
+    logs = sorted(Path(settings.manifest_path).parent.glob("worker-*.log"))
+    return "\n".join(f"--- {path.name}\n{path.read_text()[-4000:]}" for path in logs)
 
 
 def server_state(tmp_path: Path, worker: subprocess.Popen[str]) -> Path:
@@ -98,9 +108,10 @@ def ask_and_wait(engine, text_: str, n: int):
     def ended():
         with engine.db.reading() as session:
             conversation = Conversations(session).find(WHERE)
-            runs = Runs(session).in_conversation(conversation.id) if conversation else []
-        done = len(runs) >= n and runs[n - 1].state in (RunState.DONE, RunState.FAILED, RunState.CANCELLED)
-        return runs[n - 1] if done else None
+            runs = Runs(session).in_conversation(conversation.id) if conversation else []  # newest first
+        oldest_first = runs[::-1]
+        done = len(runs) >= n and oldest_first[n - 1].state in (RunState.DONE, RunState.FAILED, RunState.CANCELLED)
+        return oldest_first[n - 1] if done else None
 
     return wait_until(ended, RUN_S, f"run {n} to end")
 
@@ -135,8 +146,8 @@ def test_a_follow_up_continues_the_session_on_whichever_worker_takes_it(tmp_path
         assert run1.state == RunState.DONE, run1.error
         run2 = ask_and_wait(engine, "/agent what is in the folder?", 2)
         assert run2.state == RunState.DONE, run2.error
+        assert cold_fallbacks(engine, run1.id) == [] and cold_fallbacks(engine, run2.id) == [], worker_log(settings)
         assert run2.session_id == run1.session_id and session_seq(state_a, run1.session_id) >= 0
-        assert cold_fallbacks(engine, run1.id) == [] and cold_fallbacks(engine, run2.id) == []
         wait_for_reply(engine, "FIRST FOLLOW-UP on the same worker.")
 
         # The first worker stops (SIGTERM): its server goes with it, nothing of it is left.
@@ -162,6 +173,32 @@ def test_a_follow_up_continues_the_session_on_whichever_worker_takes_it(tmp_path
         assert said in history, said
     wait_for_reply(engine, "SECOND FOLLOW-UP on the other worker.")
     assert server_processes(server_state(tmp_path, second)) == []
+
+
+def test_follow_ups_go_back_to_the_worker_whose_server_holds_the_session(tmp_path: Path, model, redis_url: str,
+                                                                        make_engine: EngineBuilder) -> None:
+    """With two warm workers, every run of a conversation goes to the worker that ran its first:
+    its server has the session, so nothing is carried over and the other server never sees it."""
+    model.script(Turn.text("First answer."), Turn.text("Second answer."), Turn.text("Third answer."))
+    settings = warm_settings(tmp_path, model, REDIS_URL=redis_url)
+    workers = [start_worker(settings, "warm-a"), start_worker(settings, "warm-b")]
+    engine, _ = make_engine(settings)
+    try:
+        states = [wait_for_server(tmp_path, worker) for worker in workers]
+        ended = [ask_and_wait(engine, f"/agent step {n}", n) for n in (1, 2, 3)]
+        assert [run.state for run in ended] == [RunState.DONE] * 3, worker_log(settings)
+        wait_for_reply(engine, "Third answer.")
+    finally:
+        codes = [stop_worker(worker) for worker in workers]
+    assert codes == [0, 0]
+    assert {run.session_id for run in ended} == {ended[0].session_id}
+    assert all(cold_fallbacks(engine, run.id) == [] for run in ended)
+    with Redis.from_url(redis_url) as redis:
+        taken_by = {Job.fetch(f"run-{run.id}", connection=redis).worker_name for run in ended}
+    assert len(taken_by) == 1, taken_by
+    holder = ["warm-a", "warm-b"].index(taken_by.pop())
+    assert session_seq(states[holder], ended[0].session_id) >= 0
+    assert session_seq(states[1 - holder], ended[0].session_id) == -1  # never carried over
 
 
 def test_a_hung_server_is_restarted_and_the_run_completes_by_the_fallback(tmp_path: Path, model,
