@@ -107,6 +107,16 @@ DEFAULT_UPLOAD_LIMIT_BYTES = 8 * 1024 * 1024
 SLACK_FILE_LIMIT = 1024 * 1024 * 1024
 #: Name of the RQ queue every Threadwork job goes to.
 QUEUE_NAME = "threadwork"
+#: Each worker also takes jobs from a queue of its own (this prefix, then its name), first: a
+#: conversation's follow-up goes there when that worker holds the conversation's warm session.
+WORKER_QUEUE_PREFIX = f"{QUEUE_NAME}:worker:"
+#: A worker whose Redis connection failed (RQ stops listening) listens again after this.
+WORKER_RELISTEN_S = 1.0
+#: How long a worker is remembered as the holder of a conversation's session after its last run.
+SESSION_AFFINITY_TTL_S = 24 * 3600
+#: A job given to one worker's own queue and not taken within this (the worker died, or took
+#: other work meanwhile) is moved to the shared queue by the next reaper pass.
+ROUTED_JOB_WAIT_S = 10
 #: How long the answer to "is any worker listening?" is trusted before Redis is asked again:
 #: a person starting a worker sees the notice stop within this, and a busy bot asks rarely.
 WORKERS_RECHECK_S = 5.0

@@ -197,7 +197,7 @@ class Engine:
             log.exception("dispatching a message in %s failed", message.where)
             text = SOMETHING_WENT_WRONG
         try:
-            self.port_for(message.where.platform).post(message.where, self._redacted(text))
+            self.port_for(message.where.platform).post(message.where, self.redacted(text))
         except Exception:  # boundary: telling the thread failed too; the log has both
             log.exception("telling %s about a failure failed", message.where)
         return None
@@ -225,7 +225,7 @@ class Engine:
                                      text=decision.text)
         on_stored: list[Callable[[int], None]] = []
         if refusal is not None:
-            reply: Reply | None = self._redacted(refusal)
+            reply: Reply | None = self.redacted(refusal)
         else:
             reply = self._run_command(message, conversation, decision, on_stored) \
                 if decision.route == Route.COMMAND else None
@@ -240,7 +240,7 @@ class Engine:
             except Exception:  # boundary: a command's follow-up; the reply stands
                 log.exception("a command's follow-up on message %s failed", message_id)
         if reply is not None:
-            self._post_stored(conversation, reply, reply_id, marker)
+            self.post_stored(conversation, reply, reply_id, marker)
             return Dispatched(message_id, conversation, decision)
         if decision.route == Route.COMMAND:  # the command posted its answer itself
             return Dispatched(message_id, conversation, decision)
@@ -286,7 +286,7 @@ class Engine:
             who = message.user_name or message.user_id
             self.signals.send(run.id, Signal(STEER, who=who, text=text, data={"message_id": message_id}))
             return True
-        self.port_for(message.where.platform).post(message.where, self._redacted(
+        self.port_for(message.where.platform).post(message.where, self.redacted(
             runs.CANNOT_STEER.format(run=run.id, agent=run.agent)))
         return False
 
@@ -297,7 +297,7 @@ class Engine:
     def say_choices(self, conversation: Conversation, reply: Reply | str, choices: list[Choice], *,
                     typed_hint: str = "") -> str:
         """Post a reply with buttons (where the platform has them, else `typed_hint` after it); return its id."""
-        reply = self._redacted(reply)
+        reply = self.redacted(reply)
         port = self.port_for(conversation.where.platform)
         self.rate_budget.take(conversation.where, POST)
         if isinstance(port, ChoicePort):
@@ -379,16 +379,17 @@ class Engine:
         if result is ANSWERED_ITSELF:
             return None
         if isinstance(result, Reply):
-            return self._redacted(result)
-        return self._redacted(result or f"Done: `{command.name}`.")
+            return self.redacted(result)
+        return self.redacted(result or f"Done: `{command.name}`.")
 
-    def _post_stored(self, conversation: Conversation, reply: Reply, reply_id: int | None,
-                     marker: str | None = None) -> None:
+    def post_stored(self, conversation: Conversation, reply: Reply, reply_id: int | None,
+                    marker: str | None = None) -> None:
         """Post a reply already stored (after a 429, again: see `patiently`) and record the
         platform's id in place of its placeholder; if the platform refuses it, the row goes too.
 
         A process that dies between storing and posting leaves the placeholder, and the reaper
-        posts the reply (`workers.reaper.post_unposted_replies`).
+        posts the reply (`workers.reaper.post_unposted_replies`). Command replies (`dispatch`)
+        and runs' answers (`bot.runs.RunAnswer`) come this way.
         """
         port = self.port_for(conversation.where.platform)
         try:
@@ -398,7 +399,7 @@ class Engine:
                 with self.inbox.transaction() as cursor:
                     self.inbox.replace_external_id(cursor, reply_id, marker, posted)
         except Exception:  # boundary: the platform call for one message
-            log.exception("posting a command reply to %s failed", conversation.where)
+            log.exception("posting a stored reply to %s failed", conversation.where)
             if reply_id is not None:
                 with self.inbox.transaction() as cursor:
                     self.inbox.delete_message(cursor, reply_id)
@@ -407,7 +408,7 @@ class Engine:
 
     def say(self, conversation: Conversation, reply: Reply | str, *, reply_to: int | None = None) -> str:
         """Post a reply into the conversation's thread, store it, and return its message id."""
-        reply = self._redacted(reply)
+        reply = self.redacted(reply)
         port = self.port_for(conversation.where.platform)
         self.rate_budget.take(conversation.where, POST)
         message_id = patiently(lambda: port.post(conversation.where, reply))
@@ -424,7 +425,7 @@ class Engine:
             channel's rate budget has no token now, raise `BudgetSpent` (a `RateLimited`) saying
             when to try again, instead of waiting.
         """
-        reply = self._redacted(reply)
+        reply = self.redacted(reply)
         if wait_for_budget:
             self.rate_budget.take(conversation.where, EDIT)
         else:
@@ -468,7 +469,8 @@ class Engine:
         limit = getattr(port, "upload_limit", None)
         return limit(conversation.where) if callable(limit) else constants.DEFAULT_UPLOAD_LIMIT_BYTES
 
-    def _redacted(self, reply: Reply | str) -> Reply:
+    def redacted(self, reply: Reply | str) -> Reply:
+        """Return the reply as it may be posted and stored: every secret the redactor knows replaced."""
         if isinstance(reply, str):
             return Reply(self.redact(reply))
         return Reply(self.redact(reply.text), reply.status, reply.partial)

@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 
 from bot import logs
 from bot.errors import UserFacingError
+from bot.processes import process_alive
 from bot.types import as_utc, utcnow
 
 log = logging.getLogger(__name__)
@@ -261,13 +262,7 @@ def _exited(pid: str) -> bool:
     """Return whether the process that wrote a file has exited (never this one)."""
     if not pid.isdigit() or int(pid) == os.getpid():
         return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return not process_alive(int(pid))
 
 
 class _StateCollector:

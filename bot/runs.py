@@ -18,7 +18,7 @@ import re
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from bot import constants, web_links
@@ -113,8 +113,15 @@ def start_run(engine: Engine, message_id: int, message: Message, conversation: C
     job_id = f"run-{run.id}"
     with engine.db.session() as session:
         Runs(session).set(run.id, status_message_id=status_message_id, job_id=job_id)
-    engine.queue.enqueue(RUN_JOB, run.id, job_id=job_id, timeout=engine.agent_job_timeout)
+    engine.queue.enqueue(RUN_JOB, run.id, job_id=job_id, timeout=engine.agent_job_timeout,
+                         affinity=affinity(conversation.id))
     return replace(run, status_message_id=status_message_id)
+
+
+def affinity(conversation_id: int) -> str:
+    """Return what a conversation's run jobs share: a worker whose warm server holds its session takes them
+    when it can (`bot.queue.RedisQueue`)."""
+    return f"conversation:{conversation_id}"
 
 
 def claim(engine: Engine, run_id: int) -> bool:
@@ -147,7 +154,8 @@ def kick_next(engine: Engine, conversation_id: int, *, requeue: bool = False) ->
     else:
         refresh_queue(engine, conversation_id)
         job_id = f"run-{first.id}-after-{int(time.time() * 1000)}"
-    engine.queue.enqueue(RUN_JOB, first.id, job_id=job_id, timeout=engine.agent_job_timeout)
+    engine.queue.enqueue(RUN_JOB, first.id, job_id=job_id, timeout=engine.agent_job_timeout,
+                         affinity=affinity(conversation_id))
 
 
 def retry_lost(engine: Engine, run: AgentRun, why: str) -> bool:
@@ -164,7 +172,8 @@ def retry_lost(engine: Engine, run: AgentRun, why: str) -> bool:
         status = status_of(engine, run.id)
         status.note = f"{why} Trying again (attempt 2)."
         engine.edit(conversation, run.status_message_id, Reply(render_status(status), status=status, partial=True))
-    engine.queue.enqueue(RUN_JOB, run.id, job_id=f"run-{run.id}-attempt-2", timeout=engine.agent_job_timeout)
+    engine.queue.enqueue(RUN_JOB, run.id, job_id=f"run-{run.id}-attempt-2", timeout=engine.agent_job_timeout,
+                         affinity=affinity(run.conversation_id))
     return True
 
 
@@ -179,15 +188,33 @@ def refresh_queue(engine: Engine, conversation_id: int) -> None:
             engine.edit(conversation, run.status_message_id, Reply(render_status(status), status=status, partial=True))
 
 
+@dataclass
+class RunAnswer:
+    """A run's answer, stored in the transaction that ends the run and posted after it.
+
+    Until it is posted its row holds a placeholder external id naming the posting process
+    (`bot.engine.unposted_marker`): a worker that dies between the two leaves it to the reaper
+    (`workers.reaper.post_unposted_replies`), so a run that is done always has its answer.
+    """
+
+    reply: Reply  # redacted
+    reply_to: int | None
+    marker: str
+    #: The stored row's id, once `finish_run` stored it.
+    message_id: int | None = None
+
+
 def finish_run(engine: Engine, run_id: int, state: RunState, *, error: str = "", note: str = "",
                allowed_from: tuple[RunState, ...] = ACTIVE, status: RunStatus | None = None,
-               show: Callable[[Reply], None] | None = None, **columns: Any) -> bool:
+               show: Callable[[Reply], None] | None = None, answer: RunAnswer | None = None,
+               **columns: Any) -> bool:
     """Move an unfinished run to a final state and show it; return False if it had ended already.
 
     :param status: the status as the caller followed it (the executing job's live one);
         default: rebuilt from the stored run and its events.
     :param show: how the final status lands (the job's live message); default: one final
         edit of the run's status message.
+    :param answer: the run's answer, stored (unposted) with the move, and only if the run moved.
     :param columns: more columns stored with the move (tokens, session id, who cancelled).
     """
     assert state.is_final, state
@@ -196,6 +223,10 @@ def finish_run(engine: Engine, run_id: int, state: RunState, *, error: str = "",
         moved = runs.transition(run_id, state, allowed_from=allowed_from, error=error, **columns)
         run = runs.get(run_id)
         conversation = Conversations(session).get(run.conversation_id)
+        if moved and answer is not None:  # the inbox writes it, on this transaction's connection
+            answer.message_id = engine.inbox.add_message(
+                session.connection().connection.cursor(), conversation.id, "assistant", answer.reply.text,
+                external_id=answer.marker, reply_to_id=answer.reply_to)
     if not moved:
         return False
     final = replace(status, checklist=list(status.checklist)) if status else status_of(engine, run_id)
@@ -207,6 +238,18 @@ def finish_run(engine: Engine, run_id: int, state: RunState, *, error: str = "",
     elif run.status_message_id:
         engine.edit(conversation, run.status_message_id, reply, final=True)
     return True
+
+
+def show_final(engine: Engine, run_id: int) -> None:
+    """Edit a finished run's status message to its stored end: what a worker that died just after
+    ending the run had no time to show (the reaper calls this as it posts such a run's answer)."""
+    with engine.db.reading() as session:
+        run = Runs(session).get(run_id)
+        conversation = Conversations(session).get(run.conversation_id)
+    if not run.state.is_final or not run.status_message_id:
+        return
+    final = status_of(engine, run_id, note=f"Failed: {run.error}" if run.state == RunState.FAILED and run.error else "")
+    engine.edit(conversation, run.status_message_id, Reply(render_status(final), status=final), final=True)
 
 
 def cancel(engine: Engine, run: AgentRun, who: str, *, notice_id: str = "") -> RunState | None:

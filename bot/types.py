@@ -503,9 +503,14 @@ class SteerableAgent(Agent, Protocol):
 
     `steerable` may change with configuration (opencode: only `agent.mode: warm`); `dispatch`
     reads it to tell a person whether their message steers the run or waits for the next.
+
+    `sessions_in_worker` is true when a session lives in the worker process that ran it (a
+    server per worker): the conversation's next runs then go to that worker while it can take
+    them (`bot.queue.RedisQueue`), and are carried over to another otherwise.
     """
 
     steerable: bool
+    sessions_in_worker: bool
 
     def run_with_inbox(self, task: AgentTask, on_event: Callable[[RunEvent], None], inbox: Any) -> AgentOutcome:
         """Run the task like `run`, taking steering messages and approval answers from `inbox`."""

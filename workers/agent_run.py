@@ -21,7 +21,7 @@ from bot import constants, logs, metrics, runs
 from bot import engine as engine_module
 from bot.approvals import ApprovalMessages
 from bot.db.repositories import Conversations, Runs
-from bot.engine import HANDLE_MESSAGE_JOB, Engine
+from bot.engine import HANDLE_MESSAGE_JOB, Engine, unposted_marker
 from bot.errors import UserFacingError
 from bot.platforms import never_passed_to_agent
 from bot.progress import LiveMessage, render_status
@@ -196,6 +196,9 @@ def _conclude(engine: Engine, run: AgentRun, conversation: Conversation, outcome
         with engine.db.session() as session:
             Conversations(session).set_agent_session(conversation.id, outcome.session_id)
         engine.inbox.forget(conversation.where)
+        agent = engine.agents.get(run.agent)
+        if isinstance(agent, SteerableAgent) and agent.sessions_in_worker:
+            engine.queue.stick(runs.affinity(conversation.id))
     if outcome.cancelled:
         state, note = RunState.CANCELLED, f"Cancelled by {runs.cancelled_by(engine, run.id) or 'someone'}."
     elif outcome.error:
@@ -203,8 +206,9 @@ def _conclude(engine: Engine, run: AgentRun, conversation: Conversation, outcome
     else:
         state, note = RunState.DONE, f"{attached} file(s) attached." if attached else ""
     status = progress.snapshot()
+    answer = _answer(engine, run, outcome, request_message_id) if state == RunState.DONE else None
     finished = runs.finish_run(engine, run.id, state, error=outcome.error, note=note, allowed_from=(RunState.RUNNING,),
-                               status=status, show=progress.finish, session_id=outcome.session_id,
+                               status=status, show=progress.finish, session_id=outcome.session_id, answer=answer,
                                tokens_in=status.tokens_in, tokens_out=status.tokens_out, cost=status.cost)
     metrics.agent_tokens(run.agent, status.tokens_in, status.tokens_out)
     if not finished:  # ended meanwhile (the reaper thought its worker dead): show what is stored
@@ -212,22 +216,23 @@ def _conclude(engine: Engine, run: AgentRun, conversation: Conversation, outcome
         progress.finish(Reply(render_status(stored), status=stored))
     if state == RunState.FAILED or progress.status.hidden_items:
         _attach_log(engine, run, conversation, f"{state.value}: {outcome.error}" if outcome.error else state.value)
-    if state == RunState.DONE:
-        answer = outcome.final_text or "Done (the agent gave no summary)."
-        _post_answer(engine, run, conversation, answer, request_message_id)
+    if answer is not None and answer.message_id is not None:
+        engine.post_stored(conversation, answer.reply, answer.message_id, answer.marker)
+        if len(outcome.final_text) > constants.REPLY_ATTACH_THRESHOLD:
+            capture.publish(engine, run, conversation, f"run-{run.id}-answer.md", outcome.final_text.encode(),
+                            kind="answer", comment=f"Run {run.id} answer")
         engine.remember(message=Message(where=conversation.where, text=run.prompt, user_id=_requester(engine, run),
-                                             user_name=run.requested_by), conversation=conversation, reply=answer)
+                                        user_name=run.requested_by), conversation=conversation,
+                        reply=outcome.final_text or answer.reply.text)
 
 
-def _post_answer(engine: Engine, run: AgentRun, conversation: Conversation, answer: str,
-                 reply_to: int | None) -> None:
-    if len(answer) <= constants.REPLY_ATTACH_THRESHOLD:
-        engine.say(conversation, answer, reply_to=reply_to)
-        return
-    head = answer[: constants.REPLY_ATTACH_THRESHOLD // 4].rsplit("\n", 1)[0]
-    engine.say(conversation, f"{head}\n\n(The full answer is attached: run-{run.id}-answer.md)", reply_to=reply_to)
-    capture.publish(engine, run, conversation, f"run-{run.id}-answer.md", answer.encode(), kind="answer",
-                    comment=f"Run {run.id} answer")
+def _answer(engine: Engine, run: AgentRun, outcome: AgentOutcome, reply_to: int | None) -> runs.RunAnswer:
+    """Return the answer a done run posts: the agent's final text, or its head when the whole is attached."""
+    answer = outcome.final_text or "Done (the agent gave no summary)."
+    if len(answer) > constants.REPLY_ATTACH_THRESHOLD:
+        head = answer[: constants.REPLY_ATTACH_THRESHOLD // 4].rsplit("\n", 1)[0]
+        answer = f"{head}\n\n(The full answer is attached: run-{run.id}-answer.md)"
+    return runs.RunAnswer(engine.redacted(answer), reply_to, unposted_marker())
 
 
 def _attach_changes(engine: Engine, run: AgentRun, conversation: Conversation, workspace: Path | None) -> int:

@@ -15,7 +15,6 @@ process that died before posting them are posted (`post_unposted_replies`). Ever
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import threading
 from datetime import timedelta
@@ -23,8 +22,9 @@ from datetime import timedelta
 from bot import constants
 from bot.db.repositories import Conversations, Messages, Runs
 from bot.engine import HANDLE_MESSAGE_JOB, UNPOSTED, Engine, patiently, poster_of, unposted_marker
+from bot.processes import process_alive
 from bot.rate_budget import POST
-from bot.runs import finish_run, kick_next, retry_lost
+from bot.runs import finish_run, kick_next, retry_lost, show_final
 from bot.types import Message, Reply, RunState, as_utc, utcnow
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ LOST_TWICE = "Sorry, I lost this message twice while restarting and did not answ
 
 def reap(engine: Engine) -> list[int]:
     """Fail the runs of dead workers and restart stalled queues; return the failed run ids."""
+    engine.queue.rescue_stranded()
     stale_after = engine.manifest.agent.stale_after_seconds
     cutoff = utcnow() - timedelta(seconds=stale_after)
     with engine.db.reading() as session:
@@ -73,7 +74,7 @@ def post_unposted_replies(engine: Engine) -> list[int]:
     with engine.db.reading() as session:
         unposted = Messages(session).unposted(now - timedelta(seconds=constants.LOST_MESSAGE_HORIZON_S), UNPOSTED)
     posted = []
-    for message_id, conversation_id, text, marker, stored_at in unposted:
+    for message_id, conversation_id, text, marker, stored_at, reply_to in unposted:
         poster = poster_of(marker)
         if poster is None or (poster[0] == host and process_alive(poster[1])):
             continue
@@ -92,18 +93,11 @@ def post_unposted_replies(engine: Engine) -> list[int]:
             engine.inbox.replace_external_id(cursor, message_id, mine, platform_id)
         log.warning("reply %s: its bot process stopped before posting it; posted now", message_id)
         posted.append(message_id)
+        with engine.db.reading() as session:
+            run = Runs(session).answering(reply_to) if reply_to is not None else None
+        if run is not None and run.state == RunState.DONE:  # a run's answer: its status's last edit was lost too
+            show_final(engine, run.id)
     return posted
-
-
-def process_alive(pid: int) -> bool:
-    """Return whether a process of this id runs on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def requeue_lost_messages(engine: Engine) -> list[int]:

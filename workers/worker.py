@@ -7,6 +7,8 @@ import logging
 import os
 import signal
 import socket
+import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +17,7 @@ from bot.config import Settings, resolve_agent_binary
 from bot.db import safe_url
 from bot.engine import Engine, set_current
 from bot.errors import UserFacingError
+from bot.queue import worker_queue
 from workers.reaper import Reaper, process_alive
 
 log = logging.getLogger(__name__)
@@ -29,7 +32,9 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
 
     `ready` gets one line once the worker listens: its queue, Redis and agent.
     """
+    from redis.exceptions import RedisError
     from rq import Queue
+    from rq.exceptions import StopRequested
 
     engine = Engine.from_settings(settings)
     set_current(engine)
@@ -37,15 +42,30 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
     connection = engine.queue.connection  # type: ignore[attr-defined]
     if name:
         free_stale_name(connection, name)
-    rq_worker = worker_class()([Queue(constants.QUEUE_NAME, connection=connection)], connection=connection,
-                               name=name, job_monitoring_interval=constants.JOB_HEARTBEAT_S)
+    name = name or uuid.uuid4().hex
+    # Its own queue first (follow-ups of conversations whose session its server holds), then everyone's.
+    queues = [Queue(worker_queue(name), connection=connection), Queue(constants.QUEUE_NAME, connection=connection)]
+    rq_worker = worker_class()(queues, connection=connection, name=name,
+                               job_monitoring_interval=constants.JOB_HEARTBEAT_S)
     # An agent with a server per worker (opencode, agent.mode: warm) starts it here, in the
     # worker process and in the background: RQ's work-horses are forked per job and borrow it.
     warm = start_agents(engine)
     ready(ready_line(engine, rq_worker.name) + "".join(f"; {line}" for line in warm))
     try:
         # RQ turns SIGTERM and SIGINT into a warm shutdown: work() returns and the servers stop here.
-        rq_worker.work(burst=burst, with_scheduler=with_scheduler, logging_level="WARNING")
+        while True:
+            try:
+                rq_worker.work(burst=burst, with_scheduler=with_scheduler, logging_level="WARNING")
+            except RedisError as exc:  # its teardown could not reach Redis either
+                log.warning("worker %s: Redis failed (%s)", rq_worker.name, type(exc).__name__)
+            # RQ also returns when Redis timed out: only a stop request or a burst ends the worker.
+            if burst or rq_worker.stopping:
+                break
+            log.warning("worker %s: lost Redis; listening again in %g s", rq_worker.name, constants.WORKER_RELISTEN_S)
+            try:
+                time.sleep(constants.WORKER_RELISTEN_S)
+            except StopRequested:  # RQ's SIGTERM handler, still installed
+                break
     finally:
         reaper.stop()
         stop_agents(engine)
@@ -64,6 +84,13 @@ def worker_class() -> type:
     from rq import Worker
 
     class ThreadworkWorker(Worker):
+        #: True once SIGTERM or SIGINT asked it to stop (RQ raises StopRequested when idle).
+        stopping = False
+
+        def request_stop(self, signum: Any, frame: Any) -> None:
+            self.stopping = True
+            super().request_stop(signum, frame)
+
         def main_work_horse(self, job: Any, queue: Any) -> None:
             die_with_parent()
             super().main_work_horse(job, queue)

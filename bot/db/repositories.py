@@ -225,12 +225,13 @@ class Messages:
     def __init__(self, session: Session) -> None:
         self.s = session
 
-    def unposted(self, after: datetime, prefix: str) -> list[tuple[int, int, str, str, datetime]]:
+    def unposted(self, after: datetime, prefix: str) -> list[tuple[int, int, str, str, datetime, int | None]]:
         """Return the bot's replies stored since `after` whose external id is still a placeholder
-        starting with `prefix` (not posted yet): id, conversation id, text, placeholder, when stored."""
+        starting with `prefix` (not posted yet): id, conversation id, text, placeholder, when stored,
+        and the message it answers."""
         rows = self.s.execute(
             select(MessageRow.id, MessageRow.conversation_id, MessageRow.text, MessageRow.external_id,
-                   MessageRow.created_at)
+                   MessageRow.created_at, MessageRow.reply_to_id)
             .where(MessageRow.role == "assistant", MessageRow.created_at > after,
                    MessageRow.external_id.startswith(prefix, autoescape=True))
             .order_by(MessageRow.id))
@@ -449,6 +450,12 @@ class Runs:
             select(AgentRunRow).where(AgentRunRow.conversation_id == conversation_id).order_by(AgentRunRow.id.desc()).limit(limit)
         )
         return [_run(row) for row in rows]
+
+    def answering(self, message_id: int) -> AgentRun | None:
+        """Return the latest run started for a message, if any."""
+        row = self.s.scalars(select(AgentRunRow).where(AgentRunRow.request_message_id == message_id)
+                             .order_by(AgentRunRow.id.desc()).limit(1)).first()
+        return _run(row) if row is not None else None
 
     def requeue_lost(self, run_id: int) -> bool:
         """Put a running run back in the queue as its second attempt; False if it is not running or was retried.

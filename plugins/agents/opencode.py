@@ -135,6 +135,11 @@ class ConfiguredOpencode:
         """Return True when runs take messages mid-run: only on the warm server (`bot.types.SteerableAgent`)."""
         return self.manifest.agent.mode == "warm"
 
+    @property
+    def sessions_in_worker(self) -> bool:
+        """Return True when a session lives in its worker's server (warm): follow-ups go back there."""
+        return self.manifest.agent.mode == "warm"
+
     def run_with_inbox(self, task: AgentTask, on_event: Callable[[RunEvent], None], inbox: RunInbox) -> AgentOutcome:
         """Run the task like `run`, handing steering messages and approval answers to the warm session."""
         return self.run(task, on_event, inbox.cancel, inbox)

@@ -43,6 +43,7 @@ from urllib.parse import quote
 
 import httpx2 as httpx
 
+from bot.processes import process_alive
 from plugins.agents.process_tree import descendants, kill_tree, spawn
 
 log = logging.getLogger(__name__)
@@ -217,7 +218,7 @@ class OpencodeServer:
         deadline = time.monotonic() + timeout
         while True:
             pid, port, password = self.address.read()
-            if pid and pid_alive(pid):
+            if pid and process_alive(pid):
                 if (pid, port) != (self.pid, self.port):
                     self.pid, self.port, self.password = pid, port, password
                     self._generation += 1
@@ -245,7 +246,7 @@ class OpencodeServer:
         """Return True while the serving process exists."""
         if self.process is not None and not self.borrowed:
             return self.process.poll() is None
-        return bool(self.pid) and pid_alive(self.pid)
+        return bool(self.pid) and process_alive(self.pid)
 
     def _supervise(self) -> None:
         """Own the server process: spawn it, watch it, restart it, stop it (runs in one thread)."""
@@ -465,16 +466,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def pid_alive(pid: int) -> bool:
-    """Return True if a process with this pid exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (ProcessLookupError, PermissionError, OSError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def tree_rss_mb(pid: int) -> float:

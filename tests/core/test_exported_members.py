@@ -10,12 +10,12 @@ import bot
 from tests.support.engines import REPO
 
 #: Core modules a plugin may import besides `bot` itself: the contract's own modules, the
-#: helpers plugins share with the core (rendering, memory budgets), and the repositories
+#: helpers plugins share with the core (rendering, memory budgets, whether a process lives), and the repositories
 #: (until the engine offers every read they need); a steerable agent's inbox and approval
 #: requests (`bot.signals`, `bot.approvals`).
 ALLOWED_CORE_MODULES = {"bot", "bot.hookspecs", "bot.types", "bot.errors", "bot.constants", "bot.memory",
                         "bot.progress", "bot.redaction", "bot.config", "bot.db.repositories", "bot.db.resources", "bot.runs",
-                        "bot.budgets", "bot.platforms", "bot.signals", "bot.approvals"}
+                        "bot.budgets", "bot.platforms", "bot.signals", "bot.approvals", "bot.processes"}
 
 
 def test_every_exported_name_exists_and_is_public() -> None:

@@ -343,7 +343,7 @@ class FakeSlackServer:
         self._last_ts_us = 0
         self._ids = itertools.count(1)
         self._buckets: dict[str, tuple[float, float]] = {}
-        self._forced: dict[str, list[int]] = {}  # method -> [remaining, retry_after]
+        self._forced: dict[str, list[int]] = {}  # method -> [remaining, retry_after, calls to let pass first]
         self._refusals: dict[str, str] = {}  # method -> the error it answers with (see `refuse`)
         self._upload_tokens: dict[str, str] = {}
         self._response_urls: dict[str, tuple[str, str | None]] = {}  # token -> (channel, msg ts)
@@ -440,11 +440,11 @@ class FakeSlackServer:
             self.rate_limits = enabled
             self._buckets.clear()
 
-    def rate_limit(self, method: str, *, times: int = 1, retry_after: int = 1) -> None:
-        """Answer the next ``times`` calls of ``method`` with 429 + ``Retry-After: retry_after``
-        (whether or not rate limits are on): a "429 storm"."""
+    def rate_limit(self, method: str, *, times: int = 1, retry_after: int = 1, after: int = 0) -> None:
+        """Answer ``times`` calls of ``method`` with 429 + ``Retry-After: retry_after`` (whether or not
+        rate limits are on), the first ``after`` calls from now let through: a "429 storm"."""
         with self._cond:
-            self._forced[method] = [times, retry_after]
+            self._forced[method] = [times, retry_after, after]
 
     def refuse(self, method: str, error: str | None) -> None:
         """Answer every call of ``method`` with ``{"ok": false, "error": error}`` (None: stop refusing).
@@ -673,7 +673,9 @@ class FakeSlackServer:
         """Seconds the caller must wait (0: go ahead); consumes a post token when allowed."""
         with self._cond:
             forced = self._forced.get(method)
-            if forced and forced[0] > 0:
+            if forced and forced[2] > 0:
+                forced[2] -= 1
+            elif forced and forced[0] > 0:
                 forced[0] -= 1
                 return forced[1]
             if not self.rate_limits or method != "chat.postMessage":

@@ -160,6 +160,44 @@ def test_a_reply_stored_by_a_bot_that_died_before_posting_it_is_posted_once(tmp_
         assert [m.text[:9] for m in slack.bot_messages(CHANNEL)] == ["Hi alice!"]
 
 
+def test_a_done_run_whose_worker_died_before_posting_its_answer_gets_it_once(
+        tmp_path: Path, redis_url: str, make_engine: EngineBuilder) -> None:
+    """A run's answer is stored in the transaction that marks the run done, then posted; a worker
+    SIGKILLed in between (here: while the channel's 429 holds the post back) leaves it stored but
+    unposted, and another process's reaper posts it, once. (The run is done: nothing retries it.)"""
+    manifest = yaml.safe_load((REPO / "manifest.yml").read_text())
+    manifest["plugins"] = {"modules": ["tests.workers.toy_agent_plugin"]}
+    manifest["agent"].update(name="toy", mode="cold")
+    (tmp_path / "manifest.yml").write_text(yaml.safe_dump(manifest))
+    with FakeSlackServer() as slack:
+        settings = make_settings(tmp_path, REDIS_URL=redis_url, BOT_MANIFEST=str(tmp_path / "manifest.yml"),
+                                 SLACK_BOT_TOKEN=slack.bot_token, SLACK_API_URL=slack.api_url.rstrip("/"))
+        engine, _ = make_engine(settings)
+        engine.attach_port(SlackPort(bolt_web_client(slack)))
+        where = ThreadRef("slack", CHANNEL, "1700000000.000300")
+        doomed = start_worker(settings, "doomed-worker")
+        try:
+            wait_until(lambda: worker_names(redis_url) == {"doomed-worker"}, 60, "the worker to register")
+            # The worker posts the run's status message, then its answer, which waits: time to kill.
+            slack.rate_limit("chat.postMessage", times=1, retry_after=25, after=1)
+            engine.dispatch(Message(where=where, text="/agent list the files", user_id="U1", user_name="ana"))
+            wait_until(lambda: len(slack.calls_to("chat.postMessage")) == 2, 90, "the answer's post to be held back")
+            assert unposted(engine.db), "the answer is stored with the run's end, not yet posted"
+            kill(doomed)
+        finally:
+            stop(doomed)
+        with engine.db.reading() as session:
+            assert session.execute(text("select state from agent_runs where id = 1")).scalar() == RunState.DONE
+        assert not [m for m in slack.messages_in_thread(CHANNEL, where.thread) if not m.blocks and m.ts != where.thread]
+        reap(engine)
+        reap(engine)  # a second pass posts nothing again
+        answers = [m.text for m in slack.messages_in_thread(CHANNEL, where.thread) if not m.blocks]
+        (status,) = [m for m in slack.messages_in_thread(CHANNEL, where.thread) if m.blocks]
+    assert len(answers) == 1 and answers[0].startswith("Listed the files of "), answers
+    assert unposted(engine.db) == []
+    assert "done" in status.versions[-1].text.split("\n")[0]  # its last edit, lost with the worker, made
+
+
 def unposted(db: Database) -> list[str]:
     with db.reading() as session:
         return list(session.execute(text("select external_id from messages where external_id like 'unposted:%'"))

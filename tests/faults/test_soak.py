@@ -75,9 +75,6 @@ def deployment(tmp_path: Path, postgres_database: str, redis_url: str) -> Iterat
             processes.stop_all()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known defect: a worker killed after its run is marked done and before the run's answer is posted "
-    "loses that answer (the run is done, so nothing retries it); seen in CI under load"))
 def test_killing_and_restarting_every_process_loses_and_repeats_nothing(
         deployment: tuple[Deployment, FakeSlackServer]) -> None:
     processes, slack = deployment

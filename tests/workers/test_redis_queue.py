@@ -104,3 +104,27 @@ def test_run_with_no_worker_listening_says_so_at_start(tmp_path: Path, redis_url
                      TOY_OUTBOX=str(tmp_path / "outbox.jsonl"), REDIS_URL=redis_url)
     assert ("queue: no worker is running, so answers and agent runs will wait: start `python -m bot worker`"
             in result.stderr.splitlines()), result.stderr
+
+
+def test_a_job_left_in_a_gone_workers_own_queue_is_given_to_another_worker(tmp_path: Path, redis_url: str) -> None:
+    """A follow-up routed to the worker holding its conversation's session waits in that worker's
+    own queue; if that worker died meanwhile, the reaper's pass hands the job to any worker."""
+    from rq import Queue
+
+    from bot.queue import RedisQueue, worker_queue
+
+    queue = RedisQueue(redis_url)
+    worker, _ = start_worker(tmp_path, redis_url, "other-worker")
+    try:
+        stranded = Queue(worker_queue("gone-worker"), connection=queue.connection).enqueue("os.getpid",
+                                                                                          job_id="run-stranded")
+        assert not queue.wait(["run-stranded"], timeout=2)  # nobody takes another worker's own jobs
+        assert queue.rescue_stranded(older_than_s=0) == ["run-stranded"]
+        assert queue.wait(["run-stranded"], timeout=30)
+        stranded.refresh()
+        assert stranded.get_status().value == "finished" and stranded.worker_name == "other-worker"
+        assert queue.rescue_stranded(older_than_s=0) == []
+    finally:
+        worker.terminate()
+        worker.wait(20)
+        queue.close()
