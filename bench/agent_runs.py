@@ -16,9 +16,12 @@ run's final text arrives at all.
 Part 2b (`--warm` runs only this): cold against warm through the engine, in one run: per mode,
 a new conversation and then a follow-up in it, timing enqueue -> first agent event and the whole
 short run, and where the time before the first event goes (the agent handed the run after the
-workspace and recall, the model's first request); then the memory of the worker's whole process
-tree (this process, the server or the cold runs) with 1, 4 and 8 concurrent new conversations,
-each count on a fresh engine and server. The machine's load is printed before and after.
+workspace and recall, the model's first request); then the agent's memory with 1, 4 and 8
+concurrent new conversations, each count on a fresh engine and server (`concurrent_memory`):
+PSS of the warm server's process tree or of the cold runs' trees, sampled during the runs, idle,
+peak and after, per run and per extra run, with the RSS sums beside it (bench/agent_memory.py).
+`--memory-only` runs only that part. The machine's load is printed before and after.
+`bench/opencode_memory.py` measures where the warm server's memory goes.
 
 Part 3 (`--compare` runs only this): both agents, cold, one CLI start per task with the same
 script shape (write a file, run it, answer): opencode against the chat-completions endpoint,
@@ -39,9 +42,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import agent_memory  # noqa: E402
+from bench.agent_memory import MemoryFigure  # noqa: E402
 from bot.config import Settings  # noqa: E402
 from bot.engine import Engine, set_current  # noqa: E402
 from bot.hookspecs import hookimpl  # noqa: E402
@@ -177,21 +183,28 @@ def through_engine(runs: int) -> list[dict[str, float]]:
     return results
 
 
-def bench_engine(root: Path, model: FakeOpenAIServer, mode: str, threads: int = 4) -> tuple[Engine, EventClock]:
+def bench_engine(root: Path, model: FakeOpenAIServer, mode: str, threads: int = 4,
+                 config: dict[str, Any] | None = None, env: dict[str, str] | None = None,
+                 server_max_rss_mb: int | None = None) -> tuple[Engine, EventClock]:
     """Return an engine on a scratch data dir running opencode in `mode` in-process, and its event clock.
 
     In warm mode the server is started as a worker starts it, and waited for: the figures are
-    of a worker that has been up for a while.
+    of a worker that has been up for a while. `config` is laid over the scripted model's opencode
+    config and `env` is passed to the agent (the manifest's pass_env): the memory investigation
+    measures opencode's own options with them. `server_max_rss_mb` replaces agent.server_max_rss_mb.
     """
     from bot.queue import InProcessQueue
     from plugins.agents.opencode_server import READY_TIMEOUT_S, running_servers
 
-    config = root / "opencode.json"
-    model.write_opencode_config(config)
-    settings = Settings.from_env({"BOT_DATA_DIR": str(root / "data"), "OPENCODE_CONFIG": str(config),
-                                  "BOT_MANIFEST": str(REPO / "manifest.yml")})
+    config_path = root / "opencode.json"
+    model.write_opencode_config(config_path, **(config or {}))
+    settings = Settings.from_env({"BOT_DATA_DIR": str(root / "data"), "OPENCODE_CONFIG": str(config_path),
+                                  "BOT_MANIFEST": str(REPO / "manifest.yml"), **(env or {})})
     engine = Engine.from_settings(settings, queue=InProcessQueue(workers=threads), load_entrypoints=False)
     engine.manifest.agent.mode = mode  # type: ignore[assignment]
+    engine.manifest.agent.pass_env = [*engine.manifest.agent.pass_env, *(env or {})]
+    if server_max_rss_mb is not None:
+        engine.manifest.agent.server_max_rss_mb = server_max_rss_mb
     set_current(engine)
     engine.attach_port(TimedThread())
     clock = EventClock()
@@ -251,41 +264,134 @@ def engine_modes(runs: int) -> dict[str, dict[str, list[float]]]:
     return results
 
 
-def tree_rss_mb() -> float:
-    """Return the summed RSS of this process and every process below it, in MB."""
-    from plugins.agents.opencode_server import tree_rss_mb as rss
+#: Seconds each run's tool sleeps: long enough that all 8 concurrent runs are inside their tool at
+#: once, cold and warm, on 2 busy cores (the bench prints how many were: "in tool at once").
+MEMORY_TOOL_SLEEP_S = 15
+#: Seconds the agent's side is left alone before "idle" and after the runs before "after".
+MEMORY_SETTLE_S = 2.0
+#: agent.server_max_rss_mb while memory is measured: no restart empties the server between samples.
+UNLIMITED_RSS_MB = 1_000_000
 
-    return rss(os.getpid())
 
+def concurrent_memory(counts: tuple[int, ...] = (1, 4, 8), modes: tuple[str, ...] = ("cold", "warm"),
+                      config: dict[str, Any] | None = None,
+                      env: dict[str, str] | None = None) -> dict[str, dict[int, MemoryFigure]]:
+    """Return, per mode and number N of concurrent new conversations, the agent side's memory.
 
-def concurrent_memory(counts: tuple[int, ...] = (1, 4, 8)) -> dict[str, dict[int, dict[str, float]]]:
-    """Return, per mode and number of concurrent new conversations, the idle and peak RSS of the whole tree.
+    The agent's side is the warm server's process tree, or the cold `opencode run` trees with
+    their tools (bench/agent_memory.py), as PSS: the bench process, which hosts the engine and
+    the scripted model, is not the agent's memory, and a sum of RSS counts shared pages once per
+    process. It is sampled every 0.1 s from the first dispatch until every run has ended.
 
-    Each count gets a fresh engine (and, warm, a fresh server), so no earlier directory's memory
-    is counted. The tree is this process (the worker) and everything below it (server, runs).
+    Each count gets a fresh engine (and, warm, a fresh server), so no earlier count's directories
+    are counted. A warm server first serves one short run in a directory of its own, as a worker's
+    server has before, and is measured idle after it ("started" is before it): a server's first
+    run leaves it about 200 MB larger, a later new conversation about 40 MB (bench/opencode_memory.py
+    --sequential), so the first run's share is the server's, not a run's. Cold, idle is zero.
+
+    Two figures per run, both printed. (peak - idle) / N: what the runs took on average, the
+    first included. (peak_N - peak_1) / (N - 1), "per extra run": what one more concurrent
+    conversation adds once one is running; the issue's target ("each extra concurrent run")
+    is this one, and it stays free of whatever the first run still pays once per server.
+
+    Each run is one new conversation whose model asks for `sleep; echo` and then answers. Each
+    model answer depends on the run's own history (the turn's `instead_if`), so concurrent runs
+    cannot take each other's turns.
     """
-    from plugins.agents.opencode_server import stop_all
+    from plugins.agents.opencode_server import running_servers, stop_all
 
-    results: dict[str, dict[int, dict[str, float]]] = {"cold": {}, "warm": {}}
-    for mode in ("cold", "warm"):
+    answer = Turn.text("Done.")
+    results: dict[str, dict[int, MemoryFigure]] = {mode: {} for mode in modes}
+    for mode in modes:
         for count in counts:
             with tempfile.TemporaryDirectory(prefix=f"tw-bench-mem-{mode}-") as scratch, FakeOpenAIServer() as model:
-                engine, _clock = bench_engine(Path(scratch), model, mode, threads=max(counts))
-                time.sleep(1.0)  # let the server settle after its start
-                idle = tree_rss_mb()
-                model.script(*[Turn.bash("sleep 3; echo hi > hi.txt", timeout_ms=60_000)] * count,
-                             *[Turn.text("Done.")] * count)
-                with TreeMemory(include_self=True) as memory:
-                    started = time.perf_counter()
+                # The watchdog restarts a server past agent.server_max_rss_mb once it is idle: that
+                # would empty the "after" figure, so the bench lifts it (restarts are still counted).
+                engine, _clock = bench_engine(Path(scratch), model, mode, threads=max(counts), config=config, env=env,
+                                              server_max_rss_mb=UNLIMITED_RSS_MB)
+                time.sleep(MEMORY_SETTLE_S)  # let the server settle after its start
+                started = agent_memory.sample()
+                if mode == "warm":
+                    model.script(*[Turn.bash("echo hi > hi.txt", instead_if=("hi.txt", answer))] * 2)
+                    engine.dispatch(Message(where=ThreadRef("bench", "M", "prime"), text="/agent write",
+                                            user_id="U", user_name="bench"))
+                    engine.queue.wait(timeout=300)
+                    time.sleep(MEMORY_SETTLE_S)
+                idle = agent_memory.sample()
+                answered_before = answered(model)
+                model.script(*[Turn.bash(f"sleep {MEMORY_TOOL_SLEEP_S}; echo hi > hi.txt", timeout_ms=120_000,
+                                         instead_if=("hi.txt", answer))] * (2 * count))
+                with agent_memory.AgentMemory() as memory:
+                    begun = time.perf_counter()
                     for n in range(count):
                         engine.dispatch(Message(where=ThreadRef("bench", "M", f"T{n}"), text="/agent sleep and write",
                                                 user_id="U", user_name="bench"))
                     engine.queue.wait(timeout=600)
-                    wall = time.perf_counter() - started
-                results[mode][count] = {"idle_mb": idle, "peak_mb": memory.peak_kb / 1024, "wall_s": wall}
+                    wall = time.perf_counter() - begun
+                time.sleep(MEMORY_SETTLE_S)
+                results[mode][count] = MemoryFigure(
+                    started=started, idle=idle, peak=memory.peak, after=agent_memory.sample(),
+                    peak_rss_kb=memory.peak_rss_kb, peak_whole_tree=memory.peak_whole_tree, wall_s=wall,
+                    overlap=max(s.by_command.get("sleep", (0, 0))[0] for s in memory.samples),
+                    answered=answered(model) - answered_before,
+                    restarts=sum(server.restarts for server in running_servers()), samples=len(memory.samples),
+                    shared_samples=memory.shared_samples)
                 engine.close()
                 stop_all()
     return results
+
+
+def answered(model: FakeOpenAIServer) -> int:
+    """Return how many model requests so far carried a tool's result back (one per finished run here)."""
+    return sum(1 for body in model.scripted_requests if "hi.txt" in json.dumps(body.get("messages")))
+
+
+def print_memory(figures: dict[str, dict[int, MemoryFigure]]) -> None:
+    """Print the agent side's memory per mode and N (PSS), then the RSS figures beside the old measure."""
+    mb = 1024
+    print("memory of the agent's side (the warm server's process tree, or the cold `opencode run` trees), PSS,")
+    print(f"with N concurrent new conversations, each tool call a `sleep {MEMORY_TOOL_SLEEP_S}`")
+    print(f"{'mode':<6} {'N':>3} {'started':>8} {'idle':>8} {'peak':>8} {'after':>8} {'(peak-idle)/N':>14}"
+          f" {'per extra run':>14} {'in tool at once':>16} {'all N done in':>14}")
+    for mode, by_count in figures.items():
+        one = by_count.get(1)
+        for count, f in by_count.items():
+            extra = (f"{(f.peak.pss_kb - one.peak.pss_kb) / mb / (count - 1):>12.0f}MB"
+                     if one is not None and count > 1 else f"{'-':>14}")
+            print(f"{mode:<6} {count:>3} {f.started.pss_kb / mb:>6.0f}MB {f.idle.pss_kb / mb:>6.0f}MB"
+                  f" {f.peak.pss_kb / mb:>6.0f}MB {f.after.pss_kb / mb:>6.0f}MB"
+                  f" {(f.peak.pss_kb - f.idle.pss_kb) / mb / count:>12.0f}MB {extra}"
+                  f" {f.overlap:>12}/{count:<3} {f.wall_s:>13.1f}s")
+    print(f"target (warm): each extra concurrent run < {WARM_EXTRA_RUN_TARGET_MB} MB (issue 14); per extra run ="
+          " (peak_N - peak_1) / (N - 1); warm idle = after one earlier run, started = before it")
+    print("RSS beside it: the agent's side summed (counts shared pages once per process), and the old measure")
+    print("(this process, which hosts the engine and the scripted model, plus everything below it)")
+    print(f"{'mode':<6} {'N':>3} {'agent RSS peak':>15} {'per extra run':>14} {'old: tree RSS peak':>19}"
+          f" {'per extra run':>14}")
+    for mode, by_count in figures.items():
+        one = by_count.get(1)
+        for count, f in by_count.items():
+            old_peak = f.peak_whole_tree.whole_tree_rss_kb
+            extra = extra_old = f"{'-':>14}"
+            if one is not None and count > 1:
+                extra = f"{(f.peak_rss_kb - one.peak_rss_kb) / mb / (count - 1):>12.0f}MB"
+                extra_old = f"{(old_peak - one.peak_whole_tree.whole_tree_rss_kb) / mb / (count - 1):>12.0f}MB"
+            print(f"{mode:<6} {count:>3} {f.peak_rss_kb / mb:>13.0f}MB {extra} {old_peak / mb:>17.0f}MB {extra_old}")
+    print("at the peak, per process (PSS), and the anonymous part of the agent side's PSS:")
+    for mode, by_count in figures.items():
+        for count, f in by_count.items():
+            warnings = [f"only {f.answered}/{count} runs got their tool's result"] if f.answered != count else []
+            warnings += [f"{f.restarts} server restarts"] if f.restarts else []
+            print(f"{mode:<6} {count:>3} anon {f.peak.anon_pss_kb / mb:.0f} MB: {agent_memory.describe(f.peak.by_command)}"
+                  f"{' (' + ', '.join(warnings) + ')' if warnings else ''}")
+    print("at the old measure's peak, the tree's processes outside the agent's side (RSS; python = this process),")
+    print("and the agent's processes that shared their parent's memory (a spawn before its exec; counted once here):")
+    for mode, by_count in figures.items():
+        for count, f in by_count.items():
+            old_peak = f.peak_whole_tree
+            print(f"{mode:<6} {count:>3} {agent_memory.describe(old_peak.others_rss)}; sharing {old_peak.shared} x"
+                  f" {old_peak.shared_rss_kb / mb:.0f} MB RSS (such a process in {f.shared_samples} of {f.samples}"
+                  " samples)")
 
 
 def print_modes(runs: int, memory: bool = True) -> None:
@@ -311,16 +417,7 @@ def print_modes(runs: int, memory: bool = True) -> None:
         return
     print()
     print(f"load average before: {load()}")
-    figures = concurrent_memory()
-    print("memory of the worker's whole process tree (worker + server or runs) with N concurrent new conversations")
-    print(f"{'mode':<6} {'N':>3} {'idle':>8} {'peak':>8} {'per extra run':>14} {'all N done in':>14}")
-    for mode, by_count in figures.items():
-        one = by_count[1]["peak_mb"]
-        for count, figure in by_count.items():
-            extra = f"{(figure['peak_mb'] - one) / (count - 1):>12.0f}MB" if count > 1 else f"{'-':>14}"
-            print(f"{mode:<6} {count:>3} {figure['idle_mb']:>6.0f}MB {figure['peak_mb']:>6.0f}MB {extra}"
-                  f" {figure['wall_s']:>13.1f}s")
-    print(f"target (warm): each extra concurrent run < {WARM_EXTRA_RUN_TARGET_MB} MB (issue 14)")
+    print_memory(concurrent_memory())
     print(f"load average after: {load()}")
 
 
@@ -447,6 +544,7 @@ def main() -> int:
     parser.add_argument("--compare", action="store_true", help="only part 3: opencode vs Codex, side by side")
     parser.add_argument("--warm", action="store_true", help="only part 2b: cold against warm through the engine")
     parser.add_argument("--no-memory", action="store_true", help="with --warm: skip the 1/4/8 concurrent runs")
+    parser.add_argument("--memory-only", action="store_true", help="with --warm: only the 1/4/8 concurrent runs")
     args = parser.parse_args()
     logging.disable(logging.INFO)  # the engine's and alembic's INFO lines would bury the tables
     for binary in (OPENCODE_BIN, CODEX_BIN):
@@ -454,6 +552,11 @@ def main() -> int:
             raise SystemExit(f"no {binary.name} binary at {binary}: run `npm install` in {REPO}")
     if args.compare:
         print_comparison(args.n)
+        return 0
+    if args.warm and args.memory_only:
+        print(f"load average before: {load()}")
+        print_memory(concurrent_memory())
+        print(f"load average after: {load()}")
         return 0
     if args.warm:
         print_modes(args.n, memory=not args.no_memory)
