@@ -18,6 +18,13 @@ channels, so the load is as many requests in flight as there are conversations. 
 process; the rest are `!agent` requests, each a run on a worker. Mostly runs, because that is
 what the bot is for and what the workers scale; a few commands, because their replies share
 the bot processes, the acknowledgement path and the channels' rate budget with the runs.
+`--agent-every N` turns the mix around: message k (0-based) is an `!agent` request when k is a
+multiple of N, so the opening mention is always a run, and `!history` otherwise; it cannot be
+combined with `--command-every`. Mostly commands, for the full 1,000 x 10: every run needs at
+least one `chat.update` from the workspace-wide edit budget below (about 50 runs a minute), so
+with the default mix its 8,000 runs would take at least 160 minutes per worker count, and with
+`--agent-every 10` its 1,000 runs about twenty minutes, while the 9,000 commands load the
+acknowledgement path and the channels' post budget.
 
 Measured per worker count, each on a fresh database and Redis: events per second sent and
 acknowledged, acknowledgement p50/p99 (the local Slack's time from pushing an envelope to its
@@ -32,7 +39,8 @@ The machine's cores and load average are
 printed with the figures: the workers, both bots, PostgreSQL, Redis, the local Slack and the
 agent processes all share its cores, so workers scale only while cores are free.
 
-Run: `python bench/load.py [--conversations 1000] [--messages 10] [--workers 1,2,3,4]`
+Run: `python bench/load.py [--conversations 1000] [--messages 10] [--workers 1,2,3,4]`, and for
+the full 1,000 x 10 add `--agent-every 10`
 (targets: zero lost, zero 429 storms, p99 acknowledgement under 100 ms, 4 workers at least
 3.5x the runs per minute of 1 on a machine with the cores for it).
 """
@@ -172,21 +180,25 @@ def worker_count(redis_url: str) -> int:
         return Worker.count(connection=redis)
 
 
-def text_of(conversation: Conversation, k: int, command_every: int) -> str:
-    """Return the k-th (0-based) message of a conversation: a command every n-th, else an agent request."""
+def text_of(conversation: Conversation, k: int, command_every: int, agent_every: int) -> str:
+    """Return the k-th (0-based) message of a conversation: with `agent_every`, an agent request when k
+    is a multiple of it and a command otherwise; without, a command every `command_every`-th, else an
+    agent request."""
+    if agent_every:
+        return AGENT_REQUEST.format(n=conversation.n) if k % agent_every == 0 else COMMAND
     if command_every and (k + 1) % command_every == 0:
         return COMMAND
     return AGENT_REQUEST.format(n=conversation.n)
 
 
 def drive(slack: FakeSlackServer, conversations: list[Conversation], messages: int, command_every: int,
-          drain_timeout: float) -> tuple[float, float]:
+          agent_every: int, drain_timeout: float) -> tuple[float, float]:
     """Send every conversation's messages, each after the previous one's reply; return the first and last send."""
     by_thread: dict[str, Conversation] = {}
     first = time.monotonic()
     for c in conversations:
         envelope = slack.send_event({"type": "app_mention", "channel": c.channel,
-                                     "text": f"<@{BOT_USER_ID}> {text_of(c, 0, command_every)}"})
+                                     "text": f"<@{BOT_USER_ID}> {text_of(c, 0, command_every, agent_every)}"})
         c.thread_ts = slack.envelope(envelope).event["ts"]
         c.sent = 1
         by_thread[c.thread_ts] = c
@@ -203,7 +215,7 @@ def drive(slack: FakeSlackServer, conversations: list[Conversation], messages: i
         for c in waiting:
             if c.replies() >= c.sent and c.sent < messages:
                 slack.send_event({"type": "message", "channel": c.channel, "thread_ts": c.thread_ts,
-                                  "text": text_of(c, c.sent, command_every)})
+                                  "text": text_of(c, c.sent, command_every, agent_every)})
                 c.sent += 1
                 last_send = time.monotonic()
             if c.replies() < messages:
@@ -255,7 +267,8 @@ def measure(workers: int, args: argparse.Namespace, pg_url: str, redis_base: str
             time.sleep(WORKERS_RECHECK_S + 0.5)
             conversations = [Conversation(n, channels[n % len(channels)]) for n in range(args.conversations)]
             started = time.monotonic()
-            first, last_send = drive(slack, conversations, args.messages, args.command_every, args.drain_timeout)
+            first, last_send = drive(slack, conversations, args.messages, args.command_every, args.agent_every,
+                                     args.drain_timeout)
             wall = time.monotonic() - started
             crashed = [p.args for p in processes if p.poll() is not None]
             if crashed:
@@ -297,10 +310,20 @@ def measure(workers: int, args: argparse.Namespace, pg_url: str, redis_base: str
         wall_s=wall, load_before=load_before, load_after=os.getloadavg()[0])
 
 
+def ordinal(n: int) -> str:
+    """Return n as an English ordinal: 1st, 2nd, 3rd, 4th, 11th, 22nd."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def print_table(results: list[Result], args: argparse.Namespace) -> None:
     base = results[0].runs_per_minute if results else 0.0
+    if args.agent_every:
+        mix = f"every {ordinal(args.agent_every)} from the first an agent run, the others commands answered in dispatch"
+    else:
+        mix = f"every {ordinal(args.command_every)} a command answered in dispatch"
     print(f"load: {args.conversations} conversations x {args.messages} messages over {args.channels} channels,"
-          f" every {args.command_every}th a command answered in dispatch, 2 bot processes, toy agent")
+          f" {mix}, 2 bot processes, toy agent")
     print(f"{'workers':>7} {'sent ev/s':>9} {'acked ev/s':>10} {'ack p50 ms':>10} {'ack p99 ms':>10}"
           f" {'runs/min':>8} {'vs 1':>5} {'edits/s':>7} {'429s':>5} {'lost':>5} {'dup':>4} {'wall s':>7} {'load':>11}")
     for r in results:
@@ -337,12 +360,21 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=10, help="messages per thread (default 10)")
     parser.add_argument("--workers", default="1,2,3,4", help="worker counts to measure (default 1,2,3,4)")
     parser.add_argument("--channels", type=int, default=50, help="channels the threads are spread over (default 50)")
-    parser.add_argument("--command-every", type=int, default=5,
+    parser.add_argument("--command-every", type=int,
                         help="every n-th message is `!history` (0: all agent requests; default 5)")
+    parser.add_argument("--agent-every", type=int, default=0,
+                        help="message k (0-based) is an agent request when k %% n == 0 and `!history` otherwise"
+                             " (0: off; not with --command-every)")
     parser.add_argument("--keep", type=Path, help="keep the processes' logs and data in this new directory")
     parser.add_argument("--drain-timeout", type=float, default=120.0,
                         help="end when no reply has come for this many seconds (default 120)")
     args = parser.parse_args()
+    if args.agent_every < 0:
+        parser.error("--agent-every must be 0 (off) or more")
+    if args.agent_every and args.command_every is not None:
+        parser.error("--agent-every cannot be combined with --command-every: each sets the whole mix")
+    if args.command_every is None:
+        args.command_every = 5
     counts = [int(n) for n in args.workers.split(",")]
     # `kill PID` ends the bench through its `finally`s: no bot, worker or server outlives it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
