@@ -237,18 +237,19 @@ def finish_run(engine: Engine, run_id: int, state: RunState, *, error: str = "",
         show(reply)
     elif run.status_message_id:
         engine.edit(conversation, run.status_message_id, reply, final=True)
+    with engine.db.session() as session:
+        Runs(session).set(run_id, final_shown=True)
     return True
 
 
-def show_final(engine: Engine, run_id: int) -> None:
-    """Edit a finished run's status message to its stored end: what a worker that died just after
-    ending the run had no time to show (the reaper calls this as it posts such a run's answer)."""
+def show_final(engine: Engine, run: AgentRun) -> None:
+    """Edit a finished run's status message to its stored end: the edit a process that ended the
+    run and died (or gave up waiting for the platform) did not make (`workers.reaper`)."""
     with engine.db.reading() as session:
-        run = Runs(session).get(run_id)
         conversation = Conversations(session).get(run.conversation_id)
-    if not run.state.is_final or not run.status_message_id:
+    if not run.status_message_id:
         return
-    final = status_of(engine, run_id, note=f"Failed: {run.error}" if run.state == RunState.FAILED and run.error else "")
+    final = status_of(engine, run.id, note=f"Failed: {run.error}" if run.state == RunState.FAILED and run.error else "")
     engine.edit(conversation, run.status_message_id, Reply(render_status(final), status=final), final=True)
 
 

@@ -23,6 +23,7 @@ from bot import constants
 from bot.db.repositories import Conversations, Messages, Runs
 from bot.engine import HANDLE_MESSAGE_JOB, UNPOSTED, Engine, patiently, poster_of, unposted_marker
 from bot.processes import process_alive
+from bot.progress import FINAL_EDIT_DEADLINE_S
 from bot.rate_budget import POST
 from bot.runs import finish_run, kick_next, retry_lost, show_final
 from bot.types import Message, Reply, RunState, as_utc, utcnow
@@ -59,7 +60,34 @@ def reap(engine: Engine) -> list[int]:
         kick_next(engine, conversation_id, requeue=True)
     requeue_lost_messages(engine)
     post_unposted_replies(engine)
+    show_lost_finals(engine)
     return failed
+
+
+def show_lost_finals(engine: Engine) -> list[int]:
+    """Edit the status messages of ended runs that do not say so yet; return their run ids.
+
+    `finish_run` ends a run, edits its status message, then marks the end shown. A run whose
+    process died in between (on this host: its process is gone), or that has waited longer than
+    the final edit's own deadline (the process gave up, or runs elsewhere), gets the edit here.
+    """
+    now, host = utcnow(), socket.gethostname()
+    with engine.db.reading() as session:
+        ended = Runs(session).final_not_shown(now - timedelta(seconds=constants.LOST_MESSAGE_HORIZON_S))
+    shown = []
+    for run in ended:
+        worker_host, _, pid = run.worker.rpartition(":")
+        gone = worker_host == host and pid.isdigit() and not process_alive(int(pid))
+        waited = (now - as_utc(run.finished_at)).total_seconds() if run.finished_at else 0.0
+        if not gone and waited < FINAL_EDIT_DEADLINE_S + constants.REAPER_INTERVAL_S:
+            continue
+        with engine.db.session() as session:
+            if not Runs(session).claim_final_showing(run.id):
+                continue  # another reaper took it
+        show_final(engine, run)
+        log.warning("run %s: its status message did not show how it ended; edited now", run.id)
+        shown.append(run.id)
+    return shown
 
 
 def post_unposted_replies(engine: Engine) -> list[int]:
@@ -74,7 +102,7 @@ def post_unposted_replies(engine: Engine) -> list[int]:
     with engine.db.reading() as session:
         unposted = Messages(session).unposted(now - timedelta(seconds=constants.LOST_MESSAGE_HORIZON_S), UNPOSTED)
     posted = []
-    for message_id, conversation_id, text, marker, stored_at, reply_to in unposted:
+    for message_id, conversation_id, text, marker, stored_at in unposted:
         poster = poster_of(marker)
         if poster is None or (poster[0] == host and process_alive(poster[1])):
             continue
@@ -93,10 +121,6 @@ def post_unposted_replies(engine: Engine) -> list[int]:
             engine.inbox.replace_external_id(cursor, message_id, mine, platform_id)
         log.warning("reply %s: its bot process stopped before posting it; posted now", message_id)
         posted.append(message_id)
-        with engine.db.reading() as session:
-            run = Runs(session).answering(reply_to) if reply_to is not None else None
-        if run is not None and run.state == RunState.DONE:  # a run's answer: its status's last edit was lost too
-            show_final(engine, run.id)
     return posted
 
 

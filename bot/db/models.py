@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -126,6 +127,8 @@ class AgentRunRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     #: 1 for the first try; 2 for the one retry of a run lost with its worker (`agent.retry_lost_runs`).
     attempt: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    #: False from the run's end until its status message says how it ended (`workers.reaper`).
+    final_shown: Mapped[bool] = mapped_column(Boolean, default=False, server_default=true())
 
 
 class RunEventRow(Base):

@@ -225,13 +225,12 @@ class Messages:
     def __init__(self, session: Session) -> None:
         self.s = session
 
-    def unposted(self, after: datetime, prefix: str) -> list[tuple[int, int, str, str, datetime, int | None]]:
+    def unposted(self, after: datetime, prefix: str) -> list[tuple[int, int, str, str, datetime]]:
         """Return the bot's replies stored since `after` whose external id is still a placeholder
-        starting with `prefix` (not posted yet): id, conversation id, text, placeholder, when stored,
-        and the message it answers."""
+        starting with `prefix` (not posted yet): id, conversation id, text, placeholder, when stored."""
         rows = self.s.execute(
             select(MessageRow.id, MessageRow.conversation_id, MessageRow.text, MessageRow.external_id,
-                   MessageRow.created_at, MessageRow.reply_to_id)
+                   MessageRow.created_at)
             .where(MessageRow.role == "assistant", MessageRow.created_at > after,
                    MessageRow.external_id.startswith(prefix, autoescape=True))
             .order_by(MessageRow.id))
@@ -451,12 +450,6 @@ class Runs:
         )
         return [_run(row) for row in rows]
 
-    def answering(self, message_id: int) -> AgentRun | None:
-        """Return the latest run started for a message, if any."""
-        row = self.s.scalars(select(AgentRunRow).where(AgentRunRow.request_message_id == message_id)
-                             .order_by(AgentRunRow.id.desc()).limit(1)).first()
-        return _run(row) if row is not None else None
-
     def requeue_lost(self, run_id: int) -> bool:
         """Put a running run back in the queue as its second attempt; False if it is not running or was retried.
 
@@ -478,6 +471,19 @@ class Runs:
             )
         )
         return [_run(row) for row in rows]
+
+    def final_not_shown(self, finished_after: datetime) -> list[AgentRun]:
+        """Return the runs ended since `finished_after` whose status message does not say so yet, oldest first."""
+        rows = self.s.scalars(select(AgentRunRow).where(
+            AgentRunRow.final_shown.is_(False), AgentRunRow.finished_at > finished_after,
+            AgentRunRow.state.in_([state.value for state in RunState if state.is_final])).order_by(AgentRunRow.id))
+        return [_run(row) for row in rows]
+
+    def claim_final_showing(self, run_id: int) -> bool:
+        """Mark a run's end as shown if nobody had; return whether this call did (so one process shows it)."""
+        result = self.s.execute(update(AgentRunRow).where(AgentRunRow.id == run_id, AgentRunRow.final_shown.is_(False))
+                                .values(final_shown=True))
+        return result.rowcount == 1
 
     def in_state(self, state: RunState) -> list[AgentRun]:
         """Return every run in the given state, oldest first."""

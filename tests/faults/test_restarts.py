@@ -198,6 +198,44 @@ def test_a_done_run_whose_worker_died_before_posting_its_answer_gets_it_once(
     assert "done" in status.versions[-1].text.split("\n")[0]  # its last edit, lost with the worker, made
 
 
+def test_a_run_whose_worker_died_before_its_last_status_edit_gets_that_edit_from_the_reaper(
+        tmp_path: Path, redis_url: str, make_engine: EngineBuilder) -> None:
+    """A run ends in the database, then its status message is edited to say so; a worker SIGKILLed
+    in between (here: its edits held back by 429s) would leave the thread showing it running for
+    good. The reaper makes that last edit, once."""
+    manifest = yaml.safe_load((REPO / "manifest.yml").read_text())
+    manifest["plugins"] = {"modules": ["tests.workers.toy_agent_plugin"]}
+    manifest["agent"].update(name="toy", mode="cold")
+    (tmp_path / "manifest.yml").write_text(yaml.safe_dump(manifest))
+    with FakeSlackServer() as slack:
+        settings = make_settings(tmp_path, REDIS_URL=redis_url, BOT_MANIFEST=str(tmp_path / "manifest.yml"),
+                                 SLACK_BOT_TOKEN=slack.bot_token, SLACK_API_URL=slack.api_url.rstrip("/"))
+        engine, _ = make_engine(settings)
+        engine.attach_port(SlackPort(bolt_web_client(slack)))
+        where = ThreadRef("slack", CHANNEL, "1700000000.000400")
+        doomed = start_worker(settings, "doomed-worker")
+        try:
+            wait_until(lambda: worker_names(redis_url) == {"doomed-worker"}, 60, "the worker to register")
+            slack.rate_limit("chat.update", times=1000, retry_after=25)  # every edit waits: time to kill
+            engine.dispatch(Message(where=where, text="/agent fail", user_id="U1", user_name="ana"))
+
+            def state() -> str | None:
+                with engine.db.reading() as session:
+                    return session.execute(text("select state from agent_runs where id = 1")).scalar()
+
+            wait_until(lambda: state() == RunState.FAILED, 90, "the run to end as failed")
+            kill(doomed)
+        finally:
+            stop(doomed)
+        (status,) = [m for m in slack.messages_in_thread(CHANNEL, where.thread) if m.blocks]
+        assert "failed" not in status.versions[-1].text.split("\n")[0]  # it still shows the run going
+        slack.rate_limit("chat.update", times=0)
+        reap(engine)
+        reap(engine)  # a second pass edits nothing again
+        versions = [version.text.split("\n")[0] for version in status.versions]
+    assert "failed" in versions[-1] and "failed" not in versions[-2], versions
+
+
 def unposted(db: Database) -> list[str]:
     with db.reading() as session:
         return list(session.execute(text("select external_id from messages where external_id like 'unposted:%'"))
