@@ -122,6 +122,16 @@ def test_a_killed_worker_restarts_under_its_name_and_a_live_name_is_refused(tmp_
         stop(first)
 
 
+def toy_manifest(tmp_path: Path, **agent: object) -> Path:
+    """Write a manifest whose agent is the toy CLI agent (tests/workers/toy_agent_plugin), with
+    these `agent` settings; return its path."""
+    manifest = yaml.safe_load((REPO / "manifest.yml").read_text())
+    manifest["plugins"] = {"modules": ["tests.workers.toy_agent_plugin"]}
+    manifest["agent"].update(name="toy", **agent)
+    (tmp_path / "manifest.yml").write_text(yaml.safe_dump(manifest))
+    return tmp_path / "manifest.yml"
+
+
 def worker_names(redis_url: str) -> set[str]:
     from redis import Redis
     from rq import Worker
@@ -165,12 +175,8 @@ def test_a_done_run_whose_worker_died_before_posting_its_answer_gets_it_once(
     """A run's answer is stored in the transaction that marks the run done, then posted; a worker
     SIGKILLed in between (here: while the channel's 429 holds the post back) leaves it stored but
     unposted, and another process's reaper posts it, once. (The run is done: nothing retries it.)"""
-    manifest = yaml.safe_load((REPO / "manifest.yml").read_text())
-    manifest["plugins"] = {"modules": ["tests.workers.toy_agent_plugin"]}
-    manifest["agent"].update(name="toy", mode="cold")
-    (tmp_path / "manifest.yml").write_text(yaml.safe_dump(manifest))
     with FakeSlackServer() as slack:
-        settings = make_settings(tmp_path, REDIS_URL=redis_url, BOT_MANIFEST=str(tmp_path / "manifest.yml"),
+        settings = make_settings(tmp_path, REDIS_URL=redis_url, BOT_MANIFEST=str(toy_manifest(tmp_path, mode="cold")),
                                  SLACK_BOT_TOKEN=slack.bot_token, SLACK_API_URL=slack.api_url.rstrip("/"))
         engine, _ = make_engine(settings)
         engine.attach_port(SlackPort(bolt_web_client(slack)))
@@ -203,12 +209,8 @@ def test_a_run_whose_worker_died_before_its_last_status_edit_gets_that_edit_from
     """A run ends in the database, then its status message is edited to say so; a worker SIGKILLed
     in between (here: its edits held back by 429s) would leave the thread showing it running for
     good. The reaper makes that last edit, once."""
-    manifest = yaml.safe_load((REPO / "manifest.yml").read_text())
-    manifest["plugins"] = {"modules": ["tests.workers.toy_agent_plugin"]}
-    manifest["agent"].update(name="toy", mode="cold")
-    (tmp_path / "manifest.yml").write_text(yaml.safe_dump(manifest))
     with FakeSlackServer() as slack:
-        settings = make_settings(tmp_path, REDIS_URL=redis_url, BOT_MANIFEST=str(tmp_path / "manifest.yml"),
+        settings = make_settings(tmp_path, REDIS_URL=redis_url, BOT_MANIFEST=str(toy_manifest(tmp_path, mode="cold")),
                                  SLACK_BOT_TOKEN=slack.bot_token, SLACK_API_URL=slack.api_url.rstrip("/"))
         engine, _ = make_engine(settings)
         engine.attach_port(SlackPort(bolt_web_client(slack)))
@@ -246,11 +248,8 @@ def test_a_work_horse_dies_with_its_killed_worker_and_its_run_is_retried(
         tmp_path: Path, redis_url: str, make_engine: EngineBuilder) -> None:
     """RQ runs each job in a forked work-horse with a process group of its own: a `kill -9` of the
     worker alone used to leave the horse running the job with nobody watching it."""
-    manifest = yaml.safe_load((REPO / "manifest.yml").read_text())
-    manifest["plugins"] = {"modules": ["tests.workers.toy_agent_plugin"]}
-    manifest["agent"].update(name="toy", stale_after_seconds=5, retry_lost_runs=True)
-    (tmp_path / "manifest.yml").write_text(yaml.safe_dump(manifest))
-    settings = make_settings(tmp_path, REDIS_URL=redis_url, BOT_MANIFEST=str(tmp_path / "manifest.yml"))
+    manifest = toy_manifest(tmp_path, stale_after_seconds=5, retry_lost_runs=True)
+    settings = make_settings(tmp_path, REDIS_URL=redis_url, BOT_MANIFEST=str(manifest))
     doomed = start_worker(settings, "doomed-worker")
     engine, _ = make_engine(settings)
     rescuer = None

@@ -33,6 +33,14 @@ def agent_settings(tmp_path: Path, model: FakeOpenAIServer, manifest_extra: str 
     return make_settings(tmp_path, **{**base, **env})
 
 
+def warm_settings(tmp_path: Path, model: FakeOpenAIServer, **env: str) -> Settings:
+    """`agent_settings` with the warm agent (`agent.mode: warm`: an opencode server per process)."""
+    settings = agent_settings(tmp_path, model, **env)
+    manifest = Path(settings.manifest_path)
+    manifest.write_text(manifest.read_text().replace("  mode: cold\n", "  mode: warm\n", 1))
+    return settings
+
+
 def ask(engine: Engine, text: str, user: str = "U1", name: str = "ana") -> int:
     """Dispatch a message in the test thread; return its stored id."""
     return engine.dispatch(Message(where=WHERE, text=text, user_id=user, user_name=name)).message_id

@@ -16,7 +16,7 @@ from plugins.agents.opencode_sessions import DATABASE
 from tests.fakes.openai_server import FakeOpenAIServer, Turn, is_side_request
 from tests.support.engines import WHERE, EngineBuilder, message
 from tests.support.ports import RecordingPort
-from tests.workers.agent_support import agent_settings, ask, requires_opencode, wait_until
+from tests.workers.agent_support import agent_settings, ask, requires_opencode, wait_until, warm_settings
 from workers.workspace import commit_run, prepare
 
 
@@ -199,10 +199,7 @@ def test_a_warm_fork_forks_the_parents_session_on_the_server_and_the_parent_does
         model.script(Turn.write("a.txt", "one\n"), Turn.text("Wrote a.txt."),
                      Turn.write("b.txt", "two\n"), Turn.text("Wrote b.txt."),
                      Turn.text("Here only a.txt was written."))
-        settings = agent_settings(tmp_path, model)  # cold, as test helpers pin it; this test asks for warm
-        manifest = Path(settings.manifest_path)
-        manifest.write_text(manifest.read_text().replace("  mode: cold\n", "  mode: warm\n", 1))
-        engine, view = make_engine(settings)
+        engine, view = make_engine(warm_settings(tmp_path, model))
         assert engine.manifest.agent.mode == "warm"
         engine.agents["opencode"].warm_up()  # as `chat`, `run` and every worker do at start
         [server] = running_servers()
@@ -265,10 +262,7 @@ def test_a_warm_fork_whose_first_run_is_cold_copies_the_parents_session_then(tmp
     try:
         model.script(Turn.write("a.txt", "one\n"), Turn.text("Wrote a.txt."),
                      Turn.write("b.txt", "two\n"), Turn.text("Wrote b.txt."))
-        settings = agent_settings(tmp_path, model)
-        manifest = Path(settings.manifest_path)
-        manifest.write_text(manifest.read_text().replace("  mode: cold\n", "  mode: warm\n", 1))
-        engine, view = make_engine(settings)
+        engine, view = make_engine(warm_settings(tmp_path, model))
         engine.agents["opencode"].warm_up()
         [server] = running_servers()
         wait_until(lambda: server.alive() and server.healthy(), 90, "the warm server to be ready")

@@ -11,14 +11,13 @@ from bot.runs import STEER_STEP
 from bot.types import Message, RunState
 from tests.fakes.openai_server import Turn
 from tests.support.engines import EngineBuilder
-from tests.workers.agent_support import processes_with, requires_opencode, wait_until
+from tests.workers.agent_support import processes_with, requires_opencode, wait_until, warm_settings
 from tests.workers.test_warm_workers import (
     WHERE,
     replies,
     start_worker,
     stop_worker,
     wait_for_server,
-    warm_settings,
 )
 
 pytestmark = requires_opencode

@@ -30,10 +30,10 @@ from plugins.agents.opencode_server import (
 )
 from plugins.agents.opencode_sessions import bring_session, session_seq
 from tests.fakes.openai_fixtures import OPENCODE_BIN
-from tests.fakes.openai_server import FakeOpenAIServer, Turn
+from tests.fakes.openai_server import Turn
 from tests.support.engines import REPO, EngineBuilder, run_bot
 from tests.support.engines import WHERE as IN_PROCESS
-from tests.workers.agent_support import agent_settings, processes_with, requires_opencode, wait_until
+from tests.workers.agent_support import processes_with, requires_opencode, wait_until, warm_settings
 
 pytestmark = requires_opencode
 
@@ -42,13 +42,6 @@ WHERE = ThreadRef("console", "local", "warm-workers")
 SERVER_READY_S = 90
 #: Seconds one agent run through a worker gets.
 RUN_S = 180
-
-
-def warm_settings(tmp_path: Path, model: FakeOpenAIServer, **env: str):
-    settings = agent_settings(tmp_path, model, **env)
-    manifest = Path(settings.manifest_path)
-    manifest.write_text(manifest.read_text().replace("  mode: cold\n", "  mode: warm\n", 1))
-    return settings
 
 
 def start_worker(settings, name: str) -> subprocess.Popen[str]:
