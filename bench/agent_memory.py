@@ -184,17 +184,15 @@ def sample(parent: int | None = None, names: tuple[str, ...] = ("opencode",), wh
     return current
 
 
-class AgentMemory:
-    """Samples the agent's memory in a thread while the block runs; keeps the samples and their peaks."""
+class Sampler:
+    """Calls `take` in a thread every `interval` seconds while the block runs (once at least)."""
 
-    def __init__(self, names: tuple[str, ...] = ("opencode",), interval: float = SAMPLE_INTERVAL_S) -> None:
-        self.names = names
+    def __init__(self, interval: float) -> None:
         self.interval = interval
-        self.samples: list[Sample] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="agent-memory", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=type(self).__name__, daemon=True)
 
-    def __enter__(self) -> AgentMemory:
+    def __enter__(self) -> Sampler:
         self._thread.start()
         return self
 
@@ -202,11 +200,26 @@ class AgentMemory:
         self._stop.set()
         self._thread.join()
 
+    def take(self) -> None:
+        raise NotImplementedError
+
     def _loop(self) -> None:
         while True:
-            self.samples.append(sample(names=self.names))
+            self.take()
             if self._stop.wait(self.interval):
                 return
+
+
+class AgentMemory(Sampler):
+    """Samples the agent's memory in a thread while the block runs; keeps the samples and their peaks."""
+
+    def __init__(self, names: tuple[str, ...] = ("opencode",), interval: float = SAMPLE_INTERVAL_S) -> None:
+        super().__init__(interval)
+        self.names = names
+        self.samples: list[Sample] = []
+
+    def take(self) -> None:
+        self.samples.append(sample(names=self.names))
 
     @property
     def peak(self) -> Sample:

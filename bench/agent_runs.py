@@ -39,7 +39,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -116,36 +115,26 @@ class EventClock:
         self.times.append(time.perf_counter())
 
 
-class TreeMemory:
+class TreeMemory(agent_memory.Sampler):
     """Samples the summed RSS of every process below this one (and, with include_self, its own), keeping the peak."""
 
     def __init__(self, include_self: bool = False) -> None:
+        super().__init__(interval=0.05)
         self.include_self = include_self
         self.peak_kb = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def __enter__(self) -> TreeMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _loop(self) -> None:
+    def take(self) -> None:
         from plugins.agents.process_tree import descendants
 
-        while not self._stop.wait(0.05):
-            total = 0
-            for pid in [*([os.getpid()] if self.include_self else []), *descendants(os.getpid())]:
-                try:
-                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                        if line.startswith("VmRSS:"):
-                            total += int(line.split()[1])
-                except OSError:
-                    pass
-            self.peak_kb = max(self.peak_kb, total)
+        total = 0
+        for pid in [*([os.getpid()] if self.include_self else []), *descendants(os.getpid())]:
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            except OSError:
+                pass
+        self.peak_kb = max(self.peak_kb, total)
 
 
 def through_engine(runs: int) -> list[dict[str, float]]:
