@@ -17,8 +17,9 @@ from bot.config import Settings, resolve_agent_binary
 from bot.db import safe_url
 from bot.engine import Engine, set_current
 from bot.errors import UserFacingError
+from bot.processes import process_alive
 from bot.queue import worker_queue
-from workers.reaper import Reaper, process_alive
+from workers.reaper import Reaper
 
 log = logging.getLogger(__name__)
 
