@@ -220,24 +220,43 @@ class RunPhases:
         agent.run = timed_run  # type: ignore[method-assign]
 
 
+#: The runs timed per round: a new conversation on a worker that has been idle a few seconds (warm:
+#: a prepared workspace is waited for), a follow-up in it, and a second new conversation at once
+#: after that (the worker has had no time to prepare one).
+RUN_KINDS = ("new", "follow", "next")
+#: Seconds the bench waits for the warm server to prepare a workspace (~1-2 s after a run).
+PREPARE_WAIT_S = 30
+
+
+def wait_for_prepared_workspace(root: Path) -> None:
+    """Wait until the warm server has a workspace prepared for the next new conversation."""
+    deadline = time.monotonic() + PREPARE_WAIT_S
+    while not list((root / "data" / "workspaces" / ".prepared").glob("*/*.ready")):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no workspace was prepared within {PREPARE_WAIT_S} s")
+        time.sleep(0.05)
+
+
 def engine_modes(runs: int) -> dict[str, dict[str, list[float]]]:
     """Return per-mode figures of new-conversation and follow-up runs through the engine."""
     from plugins.agents.opencode_server import stop_all
 
     results: dict[str, dict[str, list[float]]] = {}
     for mode in ("cold", "warm"):
-        rows: dict[str, list[float]] = {key: [] for key in (
-            "new_first_s", "follow_first_s", "new_run_s", "follow_run_s",
-            "new_handed_s", "new_model_s", "follow_handed_s", "follow_model_s")}
+        rows: dict[str, list[float]] = {f"{kind}_{figure}": [] for kind in RUN_KINDS
+                                        for figure in ("first_s", "run_s", "handed_s", "model_s")}
         with tempfile.TemporaryDirectory(prefix=f"tw-bench-{mode}-") as scratch, FakeOpenAIServer() as model:
             engine, clock = bench_engine(Path(scratch), model, mode)
             phases = RunPhases(engine)
             enqueued = record_run_enqueues(engine)
             for n in range(runs):
-                for kind in ("new", "follow"):
+                for kind in RUN_KINDS:
+                    thread = f"T{n}" if kind != "next" else f"T{n}-next"
+                    if kind == "new" and mode == "warm":
+                        wait_for_prepared_workspace(Path(scratch))
                     model.script(Turn.bash("echo hi > hi.txt"), Turn.text("Wrote hi.txt."))
                     seen, asked = len(clock.times), len(model.request_times)
-                    engine.dispatch(Message(where=ThreadRef("bench", "C", f"T{n}"), text=f"/agent {kind} task",
+                    engine.dispatch(Message(where=ThreadRef("bench", "C", thread), text=f"/agent {kind} task",
                                             user_id="U", user_name="bench"))
                     engine.queue.wait(timeout=300)
                     end = time.perf_counter()
@@ -247,6 +266,8 @@ def engine_modes(runs: int) -> dict[str, dict[str, list[float]]]:
                     rows[f"{kind}_handed_s"].append(phases.handed[-1] - start)
                     # The model's clock is time.monotonic(); perf_counter shares its origin on Linux.
                     rows[f"{kind}_model_s"].append(model.request_times[asked] - start)
+            workspaces = [p for p in (Path(scratch) / "data" / "workspaces").iterdir() if p.name.isdigit()]
+            rows["prepared"] = [sum(p.is_symlink() for p in workspaces), len(workspaces)]  # links into the pool
             engine.close()
             stop_all()
         results[mode] = rows
@@ -388,14 +409,21 @@ def print_modes(runs: int, memory: bool = True) -> None:
     print(f"load average before: {load()}")
     rows = engine_modes(runs)
     print(f"cold `opencode run` against the warm server, through the engine, median of {runs} (p50)")
-    print(f"{'mode':<6} {'new: first event':>17} {'new: run':>9} {'follow-up: first event':>23} {'follow-up: run':>15}")
+    print(f"{'mode':<6} {'new: first event':>17} {'new: run':>9} {'follow-up: first event':>23} {'follow-up: run':>15}"
+          f" {'new at once: first event':>25}")
     for mode, row in rows.items():
-        print(f"{mode:<6} {statistics.median(row['new_first_s']):>16.2f}s {statistics.median(row['new_run_s']):>8.2f}s"
-              f" {statistics.median(row['follow_first_s']):>22.2f}s {statistics.median(row['follow_run_s']):>14.2f}s")
+        p50 = {key: statistics.median(values) for key, values in row.items() if key != "prepared"}
+        print(f"{mode:<6} {p50['new_first_s']:>16.2f}s {p50['new_run_s']:>8.2f}s"
+              f" {p50['follow_first_s']:>22.2f}s {p50['follow_run_s']:>14.2f}s {p50['next_first_s']:>24.2f}s")
+    print("new: on a worker idle for a few seconds (warm: once a prepared workspace is ready); new at once: a new "
+          "conversation right after a run (no time to prepare one)")
+    for mode, row in rows.items():
+        links, total = row["prepared"]
+        print(f"{mode}: {links} of {total} new conversations started in a prepared workspace")
     print("where a run's time goes before its first event (p50, from the run's enqueue):")
     print(f"{'mode':<6} {'kind':<7} {'agent handed the run':>21} {'first model request':>20} {'first event':>12}")
     for mode, row in rows.items():
-        for kind in ("new", "follow"):
+        for kind in RUN_KINDS:
             print(f"{mode:<6} {kind:<7} {statistics.median(row[f'{kind}_handed_s']):>20.2f}s"
                   f" {statistics.median(row[f'{kind}_model_s']):>19.2f}s"
                   f" {statistics.median(row[f'{kind}_first_s']):>11.2f}s")

@@ -26,18 +26,23 @@ with the default mix its 8,000 runs would take at least 160 minutes per worker c
 `--agent-every 10` its 1,000 runs about twenty minutes, while the 9,000 commands load the
 acknowledgement path and the channels' post budget.
 
+The opening mentions go out as fast as they can be sent (1,000 in ~0.3 s), or `--opening-rate`
+a second: Slack itself delivers at most 30,000 events an hour to an app per workspace (~8 a
+second), so an opening burst of thousands a second is a stress no one workspace produces.
+
 Measured per worker count, each on a fresh database and Redis: events per second sent and
 acknowledged, acknowledgement p50/p99 (the local Slack's time from pushing an envelope to its
-ack), runs per minute (finished runs over the span from the first start to the last finish, from
-the `agent_runs` table), status edits per second (the local Slack's `chat.update` calls over
-that span: every process shares one workspace-wide edit budget, Slack's Tier 3 of 50 a minute
-in `bot/constants.py`, and a run's final status edit waits for its token, so past some number
-of workers the edits, not the workers, set the pace), 429s by Web API method, lost messages
-(no reply when the run ends: every conversation done or no new reply for `--drain-timeout`
-seconds), duplicates (more than one reply), and runs per minute relative to 1 worker.
-The machine's cores and load average are
-printed with the figures: the workers, both bots, PostgreSQL, Redis, the local Slack and the
-agent processes all share its cores, so workers scale only while cores are free.
+ack), p99 of the opening mentions' acks and of the later messages' apart, runs per minute
+(finished runs over the span from the first start to the last finish, from the `agent_runs`
+table), status edits per second (the local Slack's `chat.update` calls over that span: every
+process shares one workspace-wide edit budget, Slack's Tier 3 of 50 a minute in
+`bot/constants.py`, and a run's final status edit waits for its token, so past some number of
+workers the edits, not the workers, set the pace), 429s by Web API method, lost messages (no reply
+when the run ends: every conversation done or no new reply for `--drain-timeout` seconds),
+duplicates (more than one reply), and runs per minute relative to 1 worker. The machine's cores
+and load average are printed with the figures: the workers, both bots, PostgreSQL, Redis, the
+local Slack and the agent processes all share its cores, so workers scale only while cores are
+free.
 
 Run: `python bench/load.py [--conversations 1000] [--messages 10] [--workers 1,2,3,4]`, and for
 the full 1,000 x 10 add `--agent-every 10`
@@ -110,6 +115,10 @@ class Result:
     acked: int
     ack_span_s: float
     ack_ms: list[float]
+    #: Seconds the opening mentions took to send, and the acks of those and of every later message.
+    opening_s: float
+    opening_ack_ms: list[float]
+    later_ack_ms: list[float]
     runs_done: int
     runs_other: Counter[str]
     runs_span_s: float
@@ -192,16 +201,25 @@ def text_of(conversation: Conversation, k: int, command_every: int, agent_every:
 
 
 def drive(slack: FakeSlackServer, conversations: list[Conversation], messages: int, command_every: int,
-          agent_every: int, drain_timeout: float) -> tuple[float, float]:
-    """Send every conversation's messages, each after the previous one's reply; return the first and last send."""
+          agent_every: int, drain_timeout: float, opening_rate: float = 0.0) -> tuple[float, float, set[str]]:
+    """Send every conversation's messages, each after the previous one's reply.
+
+    The opening mentions go `opening_rate` a second (0: as fast as they can be sent). Return the
+    first and last send, and the envelope ids of the opening mentions.
+    """
     by_thread: dict[str, Conversation] = {}
+    opening: set[str] = set()
     first = time.monotonic()
-    for c in conversations:
+    for i, c in enumerate(conversations):
+        if opening_rate and (wait := first + i / opening_rate - time.monotonic()) > 0:
+            time.sleep(wait)
         envelope = slack.send_event({"type": "app_mention", "channel": c.channel,
                                      "text": f"<@{BOT_USER_ID}> {text_of(c, 0, command_every, agent_every)}"})
+        opening.add(envelope)
         c.thread_ts = slack.envelope(envelope).event["ts"]
         c.sent = 1
         by_thread[c.thread_ts] = c
+    opened = time.monotonic()
     last_send = time.monotonic()
     seen, last_progress, replied = 0, time.monotonic(), 0
     waiting = list(conversations)
@@ -229,7 +247,7 @@ def drive(slack: FakeSlackServer, conversations: list[Conversation], messages: i
     for m in slack.messages[seen:]:
         if m.bot_id == BOT_ID and m.thread_ts in by_thread:
             by_thread[m.thread_ts].bot_messages.append(m)
-    return first, last_send
+    return first, last_send, opening, opened - first
 
 
 def measure(workers: int, args: argparse.Namespace, pg_url: str, redis_base: str, root: Path) -> Result:
@@ -267,8 +285,8 @@ def measure(workers: int, args: argparse.Namespace, pg_url: str, redis_base: str
             time.sleep(WORKERS_RECHECK_S + 0.5)
             conversations = [Conversation(n, channels[n % len(channels)]) for n in range(args.conversations)]
             started = time.monotonic()
-            first, last_send = drive(slack, conversations, args.messages, args.command_every, args.agent_every,
-                                     args.drain_timeout)
+            first, last_send, opening, opening_s = drive(slack, conversations, args.messages, args.command_every,
+                                                         args.agent_every, args.drain_timeout, args.opening_rate)
             wall = time.monotonic() - started
             crashed = [p.args for p in processes if p.poll() is not None]
             if crashed:
@@ -303,7 +321,9 @@ def measure(workers: int, args: argparse.Namespace, pg_url: str, redis_base: str
         workers=workers, sent=sent, unsent=args.conversations * args.messages - sent,
         send_span_s=last_send - first, acked=len(acks),
         ack_span_s=(max(a.received_at for a in acks) - first) if acks else 0.0,
-        ack_ms=[a.latency * 1000 for a in acks], runs_done=done, runs_other=states,
+        ack_ms=[a.latency * 1000 for a in acks], opening_s=opening_s,
+        opening_ack_ms=[a.latency * 1000 for a in acks if a.envelope_id in opening],
+        later_ack_ms=[a.latency * 1000 for a in acks if a.envelope_id not in opening], runs_done=done, runs_other=states,
         runs_span_s=float(span or 0.0), ratelimited=ratelimited, edits=edits,
         lost=sum(max(0, c.sent - c.replies()) for c in conversations),
         duplicates=sum(max(0, c.replies() - c.sent) for c in conversations),
@@ -325,18 +345,23 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
     print(f"load: {args.conversations} conversations x {args.messages} messages over {args.channels} channels,"
           f" {mix}, 2 bot processes, toy agent")
     print(f"{'workers':>7} {'sent ev/s':>9} {'acked ev/s':>10} {'ack p50 ms':>10} {'ack p99 ms':>10}"
-          f" {'runs/min':>8} {'vs 1':>5} {'edits/s':>7} {'429s':>5} {'lost':>5} {'dup':>4} {'wall s':>7} {'load':>11}")
+          f" {'opening p99':>11} {'later p99':>9} {'runs/min':>8} {'vs 1':>5} {'edits/s':>7}"
+          f" {'429s':>5} {'lost':>5} {'dup':>4} {'wall s':>7} {'load':>11}")
     for r in results:
         p50 = percentile(r.ack_ms, 50) if r.ack_ms else float("nan")
         p99 = percentile(r.ack_ms, 99) if r.ack_ms else float("nan")
         ratio = r.runs_per_minute / base if base else float("nan")
+        opening = percentile(r.opening_ack_ms, 99) if r.opening_ack_ms else float("nan")
+        later = percentile(r.later_ack_ms, 99) if r.later_ack_ms else float("nan")
         print(f"{r.workers:>7} {r.sent / r.send_span_s if r.send_span_s else 0:>9.1f}"
               f" {r.acked / r.ack_span_s if r.ack_span_s else 0:>10.1f} {p50:>10.1f} {p99:>10.1f}"
-              f" {r.runs_per_minute:>8.1f} {ratio:>4.2f}x {r.edits / r.runs_span_s if r.runs_span_s else 0:>7.2f}"
+              f" {opening:>11.1f} {later:>9.1f} {r.runs_per_minute:>8.1f} {ratio:>4.2f}x"
+              f" {r.edits / r.runs_span_s if r.runs_span_s else 0:>7.2f}"
               f" {sum(r.ratelimited.values()):>5} {r.lost:>5}"
               f" {r.duplicates:>4} {r.wall_s:>7.1f} {r.load_before:>5.2f}-{r.load_after:<5.2f}")
     for r in results:
-        notes = []
+        notes = [f"the {len(r.opening_ack_ms)} opening mentions went out in {r.opening_s:.1f} s"
+                 f" ({len(r.opening_ack_ms) / r.opening_s if r.opening_s else 0:,.0f} a second)"]
         if r.unsent:
             notes.append(f"{r.unsent} messages never sent (their conversation waited on a lost reply)")
         if r.ratelimited:
@@ -345,8 +370,7 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
             notes.append("runs not done: " + ", ".join(f"{s} {n}" for s, n in r.runs_other.items()))
         if r.acked != r.sent:
             notes.append(f"{r.sent - r.acked} events not acknowledged")
-        if notes:
-            print(f"  {r.workers} workers: " + "; ".join(notes))
+        print(f"  {r.workers} workers: " + "; ".join(notes))
     print(f"targets: 0 lost, no 429 storms, ack p99 < {ACK_P99_TARGET_MS:.0f} ms,"
           f" 4 workers >= {SCALING_TARGET}x 1 worker's runs/min (with the cores for it)")
     with open("/proc/loadavg") as loadavg:
@@ -365,6 +389,9 @@ def main() -> int:
     parser.add_argument("--agent-every", type=int, default=0,
                         help="message k (0-based) is an agent request when k %% n == 0 and `!history` otherwise"
                              " (0: off; not with --command-every)")
+    parser.add_argument("--opening-rate", type=float, default=0.0,
+                        help="opening mentions per second (0, the default: as fast as they can be sent; Slack"
+                             " delivers at most 30,000 events an hour to an app per workspace, ~8 a second)")
     parser.add_argument("--keep", type=Path, help="keep the processes' logs and data in this new directory")
     parser.add_argument("--drain-timeout", type=float, default=120.0,
                         help="end when no reply has come for this many seconds (default 120)")

@@ -504,6 +504,8 @@ class SteerableAgent(Agent, Protocol):
     `steerable` may change with configuration (opencode: only `agent.mode: warm`); `dispatch`
     reads it to tell a person whether their message steers the run or waits for the next.
 
+    `prepared_workspace` hands a new conversation a workspace made and opened ahead of time.
+
     `sessions_in_worker` is true when a session lives in the worker process that ran it (a
     server per worker): the conversation's next runs then go to that worker while it can take
     them (`bot.queue.RedisQueue`), and are carried over to another otherwise.
@@ -514,6 +516,14 @@ class SteerableAgent(Agent, Protocol):
 
     def run_with_inbox(self, task: AgentTask, on_event: Callable[[RunEvent], None], inbox: Any) -> AgentOutcome:
         """Run the task like `run`, taking steering messages and approval answers from `inbox`."""
+        ...
+
+    def prepared_workspace(self) -> Path | None:
+        """Return a new, empty git workspace the agent has already opened, now the caller's; None when it has none.
+
+        A new conversation's first run then starts there (its workspace is a link to it) and
+        skips what the agent spends on a directory it has not seen (opencode: ~1 s).
+        """
         ...
 
 

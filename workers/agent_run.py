@@ -10,8 +10,10 @@ for the same run loses the claim; a run whose worker died is found by `workers.r
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
+import os
 import threading
 import time
 from dataclasses import replace
@@ -29,6 +31,7 @@ from bot.run_events import RunBroadcast, feed_for
 from bot.runs import start_run
 from bot.signals import STEER, RunInbox, Signal
 from bot.types import (
+    Agent,
     AgentOutcome,
     AgentRun,
     AgentTask,
@@ -132,10 +135,9 @@ def _run_agent(engine: Engine, run: AgentRun, conversation: Conversation, progre
     if agent is None:
         raise UserFacingError(f"No agent named `{run.agent}` is installed (agent.name in manifest.yml).")
     data_dir = engine.settings.data_dir
-    workspace = data_dir / "workspaces" / str(conversation.id)
     channel_key = f"{conversation.where.platform}:{conversation.where.channel}"
     channel = engine.manifest.channels.get(channel_key)
-    workspaces.prepare(workspace, channel.repo if channel else None)
+    workspace = _workspace(data_dir / "workspaces" / str(conversation.id), channel.repo if channel else None, agent)
     progress.workspace = workspace
     message = Message(where=conversation.where, text=run.prompt, user_id=_requester(engine, run),
                       user_name=run.requested_by)
@@ -164,6 +166,22 @@ def _run_agent(engine: Engine, run: AgentRun, conversation: Conversation, progre
     if isinstance(agent, SteerableAgent) and agent.steerable:
         return agent.run_with_inbox(task, progress.on_event, inbox)
     return agent.run(task, progress.on_event, inbox.cancel)
+
+
+def _workspace(workspace: Path, repo: str | None, agent: Agent) -> Path:
+    """Return the conversation's workspace, made if new: a clone of the channel's `repo`, else empty.
+
+    A new empty one is, when the agent has one, a workspace it already opened
+    (`SteerableAgent.prepared_workspace`): `workspace` becomes a link to it, and the real path is
+    returned, the one the agent knows.
+    """
+    if not repo and not os.path.lexists(workspace) and isinstance(agent, SteerableAgent) \
+            and (prepared := agent.prepared_workspace()) is not None:
+        workspace.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another run of the conversation
+            workspace.symlink_to(prepared, target_is_directory=True)
+    workspaces.prepare(workspace, repo)
+    return workspace.resolve()
 
 
 def _queue_unsteered(engine: Engine, run: AgentRun, conversation: Conversation, left: list[Signal]) -> None:

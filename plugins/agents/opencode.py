@@ -27,6 +27,7 @@ from bot.types import Agent, AgentOutcome, AgentTask, EngineAPI, HealthCheck, Ru
 from plugins.agents.cli_runner import CliInvocation, run_cli
 from plugins.agents.opencode_events import parse_line
 from plugins.agents.opencode_model import connection_problem, ping, read_user_config, resolve_endpoint
+from plugins.agents.opencode_pool import PreparedWorkspaces, pool_of, provider_config
 from plugins.agents.opencode_server import OpencodeServer, ServerSpec, server_for, stop_all
 from plugins.agents.opencode_sessions import copy_session, freshest_holder, with_fork_copy
 from plugins.agents.opencode_warm import WarmRun
@@ -103,10 +104,16 @@ class OpencodeAgent:
         return path
 
 
-def agent_config(user_config: Path | None, allow_webfetch: bool, ask: tuple[tuple[str, str], ...] = ()) -> str:
-    """Return the opencode config a run (or the warm server) gets: the user's, the bot's rules over it."""
+def agent_config(user_config: Path | None, allow_webfetch: bool, ask: tuple[tuple[str, str], ...] = (),
+                 providers: dict[str, Any] | None = None) -> str:
+    """Return the opencode config a run (or the warm server) gets: the user's, the bot's rules over it.
+
+    `providers` are added to the user's (the warm server's workspace preparation, `opencode_pool`).
+    """
     config = read_user_config(str(user_config) if user_config else None)
     config.update({"permission": permission_rules(allow_webfetch, ask), "autoupdate": False, "share": "disabled"})
+    if providers:
+        config["provider"] = {**(config.get("provider") or {}), **providers}
     return json.dumps(config, indent=2, sort_keys=True)
 
 
@@ -178,8 +185,21 @@ class ConfiguredOpencode:
             agent = self.manifest.agent
             in_use = {agent.name, *agent.choosable, *(c.agent for c in self.manifest.channels.values() if c.agent)}
             return f"opencode {agent.mode}" if NAME in in_use else ""
+        server.between_runs = self._prepared().keep
         server.start()
         return f"opencode warm (server starting in {server.spec.state_dir})"
+
+    def prepared_workspace(self) -> Path | None:
+        """Return a new, empty workspace this worker's warm server has already opened, now the caller's (or None).
+
+        Its first run skips the server's ~1 s of setting a new directory up (`opencode_pool`).
+        """
+        server = self.server()
+        serving_pid = server.address.read()[0] if server is not None else 0  # 0 while (re)starting
+        return self._prepared().take(serving_pid) if serving_pid else None
+
+    def _prepared(self) -> PreparedWorkspaces:
+        return pool_of(self.settings.data_dir, self._owner_pid)
 
     def server(self) -> OpencodeServer | None:
         """Return this process's warm server as the manifest configures it (None: cold mode, or opencode unused)."""
@@ -193,15 +213,17 @@ class ConfiguredOpencode:
         return server_for(self._server_spec(binary, agent.allow_webfetch, env))
 
     def shut_down(self) -> None:
-        """Stop the opencode servers this process started."""
+        """Stop the opencode servers this process started, and remove the workspaces they prepared."""
         stop_all()
+        self._prepared().discard()
 
     def _server_spec(self, binary: Path, allow_webfetch: bool, env: dict[str, str]) -> ServerSpec:
         agent = self.manifest.agent
         user_config = self.settings.get("OPENCODE_CONFIG")
         return ServerSpec(
             binary=binary,
-            config=agent_config(Path(user_config) if user_config else None, allow_webfetch),
+            config=agent_config(Path(user_config) if user_config else None, allow_webfetch,
+                                providers=provider_config()),
             env=tuple(sorted({**OFFLINE_ENV, **env}.items())),
             state_dir=self._server_states() / f"server-{self._owner_pid}",
             max_rss_mb=agent.server_max_rss_mb,

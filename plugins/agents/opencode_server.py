@@ -5,6 +5,8 @@
         health hangs, RSS past agent.server_max_rss_mb, agent.server_max_runs served ─► restart
     one GET /global/event reader ─► {directory, payload} ─► the subscription of the run whose
         directory and session match (`subscribe`)
+    between runs (ready, no run in progress) ─► `between_runs`: keep a workspace prepared for the
+        next new conversation (`opencode_pool`)
 
 The supervisor thread spawns every server process, so the server dies with that thread's
 process (PR_SET_PDEATHSIG follows the thread that forked it). An RQ worker forks a work-horse
@@ -36,6 +38,7 @@ import struct
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -172,6 +175,9 @@ class OpencodeServer:
         self._subscribers: list[Subscription] = []
         self._generation = 0
         self._start_error = ""
+        #: Called by the supervisor with the server whenever it is ready and no run is in
+        #: progress (`opencode_pool.PreparedWorkspaces.keep`); None: nothing to do between runs.
+        self.between_runs: Callable[[OpencodeServer], None] | None = None
 
     # -- the server's address -----------------------------------------------------------------
     @property
@@ -252,6 +258,7 @@ class OpencodeServer:
         """Own the server process: spawn it, watch it, restart it, stop it (runs in one thread)."""
         try:
             self._spawn()
+            self._idle_work()
             while not self._stopping.is_set():
                 self._wanted.wait(WATCH_INTERVAL_S)
                 self._wanted.clear()
@@ -264,10 +271,18 @@ class OpencodeServer:
                     self._terminate()
                     self.restarts += 1
                     self._spawn()
+                self._idle_work()
         except Exception:  # boundary: the supervisor thread; runs fall back to the cold path
             log.exception("the opencode server's supervisor failed")
         finally:
             self._terminate()
+
+    def _idle_work(self) -> None:
+        """Run `between_runs` if the server is up and no run is in progress."""
+        if self.between_runs is None or self._start_error or self.process is None or self.process.poll() is not None:
+            return
+        if self.ledger.read()[1] == 0 and not self._stopping.is_set():
+            self.between_runs(self)
 
     def _why_restart(self) -> str:
         """Return why the server should be restarted now, or ""."""

@@ -185,7 +185,7 @@ def test_the_console_is_told_to_type_approve_and_its_approve_is_taken(tmp_path: 
 def test_an_edit_request_shows_its_diff_and_a_typed_reject_keeps_the_file_out(tmp_path: Path, model,
                                                                                make_engine: EngineBuilder) -> None:
     workspace = tmp_path / "data" / "workspaces" / "1"
-    model.script(Turn.write(str(workspace / "drop.sql"), "DROP TABLE users;\n"), Turn.text("never asked"))
+    model.script(Turn.write("drop.sql", "DROP TABLE users;\n"), Turn.text("never asked"))
     engine, view = warm_engine(make_engine, agent_settings(tmp_path, model))
     engine.manifest.agent.ask = [{"edit": "*.sql"}]
     ask(engine, "/agent write drop.sql")

@@ -59,17 +59,14 @@ def test_a_run_and_its_follow_up_share_one_warm_server(tmp_path: Path, model, ma
     assert (EventKind.STEP, "tool-running") in names and (EventKind.TOOL, "bash") in names
     assert all(name != "cold-fallback" for _, name in names)
 
-    started = time.monotonic()
     ask(engine, "/agent what did you do before?")
     engine.queue.wait(timeout=120)
-    elapsed = time.monotonic() - started
     second = runs_of(engine)[1]
     assert second.state == RunState.DONE and second.session_id == first.session_id
     assert the_server().pid == pid and server.restarts == 0  # no new server start
     history = json.dumps(model.scripted_requests[-1]["messages"])
     assert "write one.txt" in history and "what did you do before?" in history and "echo one" in history
     assert "Earlier I wrote one.txt." in view.last(view.order[-1])
-    assert elapsed < 4, f"a warm follow-up took {elapsed:.1f} s"  # a cold start alone is 3-6 s
 
 
 def test_cancel_on_the_warm_server_ends_the_command_within_five_seconds(tmp_path: Path, model,
