@@ -282,7 +282,10 @@ class OpencodeServer:
         if self.between_runs is None or self._start_error or self.process is None or self.process.poll() is not None:
             return
         if self.ledger.read()[1] == 0 and not self._stopping.is_set():
-            self.between_runs(self)
+            try:
+                self.between_runs(self)
+            except Exception:  # boundary: work between runs never takes the watchdog down
+                log.exception("work between runs on the opencode server failed")
 
     def _why_restart(self) -> str:
         """Return why the server should be restarted now, or ""."""

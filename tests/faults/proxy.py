@@ -1,4 +1,4 @@
-"""A TCP proxy on 127.0.0.1 that delays what passes through it: a slow Redis or database, on demand."""
+"""A TCP proxy on 127.0.0.1 that delays what passes through it, or cuts it: a slow or gone Redis or database."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ class DelayingProxy:
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.delay = 0.0
+        #: While True, every connection is ended at once (`cut`): the service looks gone.
+        self.refusing = False
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.base_events.Server | None = None
@@ -37,6 +39,18 @@ class DelayingProxy:
         """Stop accepting, and end every connection in flight (both pipes of each)."""
         assert self._server is not None
         self._server.close()
+        await self._end_pipes()
+
+    def cut(self) -> None:
+        """End every connection in flight and every new one until `restore`: an outage."""
+        self.refusing = True
+        asyncio.run_coroutine_threadsafe(self._end_pipes(), self._loop).result(5)
+
+    def restore(self) -> None:
+        """Let connections through again."""
+        self.refusing = False
+
+    async def _end_pipes(self) -> None:
         pipes = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
         for task in pipes:
             task.cancel()
@@ -56,12 +70,19 @@ class DelayingProxy:
         self._loop.run_forever()
 
     async def _connect(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            client_writer.close()
+            return
         try:
             server_reader, server_writer = await asyncio.open_connection(*self.target)
         except OSError:
             client_writer.close()
             return
-        await asyncio.gather(self._pipe(client_reader, server_writer), self._pipe(server_reader, client_writer))
+        try:
+            await asyncio.gather(self._pipe(client_reader, server_writer), self._pipe(server_reader, client_writer))
+        except asyncio.CancelledError:  # `cut` or shutdown ended this connection: both sides are closed
+            client_writer.close()
+            server_writer.close()
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
