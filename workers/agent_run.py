@@ -48,6 +48,7 @@ from bot.types import (
 )
 from workers import capture
 from workers import workspace as workspaces
+from workers.capture import ANSWER, answer_file
 
 #: `workers.jobs` starts runs through this module; the lifecycle itself is `bot.runs`.
 __all__ = ["TASK_TEMPLATE", "run_agent", "start_run"]
@@ -225,6 +226,10 @@ def _conclude(engine: Engine, run: AgentRun, conversation: Conversation, outcome
         state, note = RunState.DONE, f"{attached} file(s) attached." if attached else ""
     status = progress.snapshot()
     answer = _answer(engine, run, outcome, request_message_id) if state == RunState.DONE else None
+    # A long answer is attached whole: stored before the run ends, so a worker that dies before
+    # uploading it leaves it to the reaper with the answer's post (`workers.reaper`).
+    whole = outcome.final_text.encode() if answer is not None and _attaches(outcome) else None
+    whole_answer = capture.store(engine, run, conversation, answer_file(run.id), whole, kind=ANSWER) if whole else None
     finished = runs.finish_run(engine, run.id, state, error=outcome.error, note=note, allowed_from=(RunState.RUNNING,),
                                status=status, show=progress.finish, session_id=outcome.session_id, answer=answer,
                                tokens_in=status.tokens_in, tokens_out=status.tokens_out, cost=status.cost)
@@ -236,9 +241,8 @@ def _conclude(engine: Engine, run: AgentRun, conversation: Conversation, outcome
         _attach_log(engine, run, conversation, f"{state.value}: {outcome.error}" if outcome.error else state.value)
     if answer is not None and answer.message_id is not None:
         engine.post_stored(conversation, answer.reply, answer.message_id, answer.marker)
-        if len(outcome.final_text) > constants.REPLY_ATTACH_THRESHOLD:
-            capture.publish(engine, run, conversation, f"run-{run.id}-answer.md", outcome.final_text.encode(),
-                            kind="answer", comment=f"Run {run.id} answer")
+        if whole_answer is not None and whole is not None:
+            capture.upload(engine, conversation, whole_answer, whole, comment=f"Run {run.id} answer")
         engine.remember(message=Message(where=conversation.where, text=run.prompt, user_id=_requester(engine, run),
                                         user_name=run.requested_by), conversation=conversation,
                         reply=outcome.final_text or answer.reply.text)
@@ -247,10 +251,15 @@ def _conclude(engine: Engine, run: AgentRun, conversation: Conversation, outcome
 def _answer(engine: Engine, run: AgentRun, outcome: AgentOutcome, reply_to: int | None) -> runs.RunAnswer:
     """Return the answer a done run posts: the agent's final text, or its head when the whole is attached."""
     answer = outcome.final_text or "Done (the agent gave no summary)."
-    if len(answer) > constants.REPLY_ATTACH_THRESHOLD:
+    if _attaches(outcome):
         head = answer[: constants.REPLY_ATTACH_THRESHOLD // 4].rsplit("\n", 1)[0]
-        answer = f"{head}\n\n(The full answer is attached: run-{run.id}-answer.md)"
+        answer = f"{head}\n\n(The full answer is attached: {answer_file(run.id)})"
     return runs.RunAnswer(engine.redacted(answer), reply_to, unposted_marker())
+
+
+def _attaches(outcome: AgentOutcome) -> bool:
+    """Return True when the answer is too long for a reply: the reply is its head, the whole is attached."""
+    return len(outcome.final_text) > constants.REPLY_ATTACH_THRESHOLD
 
 
 def _attach_changes(engine: Engine, run: AgentRun, conversation: Conversation, workspace: Path | None) -> int:

@@ -63,13 +63,28 @@ def capture_changes(engine: Engine, run: AgentRun, conversation: Conversation, c
     return captured
 
 
+#: The kind of resource of a run's whole answer, attached when it is too long for a reply.
+ANSWER = "answer"
+
+
+def answer_file(run_id: int) -> str:
+    """Return the name of a run's whole answer, attached when it is too long for a reply."""
+    return f"run-{run_id}-answer.md"
+
+
 def publish(engine: Engine, run: AgentRun | None, conversation: Conversation, path: str, data: bytes, *,
             kind: str, comment: str = "", captured: Captured | None = None) -> bool:
     """Store one artifact as a resource and upload it into the thread; return whether it went up."""
     resource = store(engine, run, conversation, path, data, kind=kind)
+    return upload(engine, conversation, resource, data, comment=comment, captured=captured)
+
+
+def upload(engine: Engine, conversation: Conversation, resource: Resource, data: bytes, *, comment: str = "",
+           captured: Captured | None = None) -> bool:
+    """Upload a stored resource's bytes into the thread and record the platform's id; return whether it went up."""
     clean = engine.redact.bytes(data)
-    file_id = _upload(engine, conversation, Attachment(Path(path).name, clean, title=path, comment=comment),
-                      captured if captured is not None else Captured())
+    attachment = Attachment(Path(resource.path).name, clean, title=resource.path, comment=comment)
+    file_id = _upload(engine, conversation, attachment, captured if captured is not None else Captured())
     if file_id is None:
         return False
     with engine.db.session() as session:

@@ -20,13 +20,14 @@ import threading
 from datetime import timedelta
 
 from bot import constants
-from bot.db.repositories import Conversations, Messages, Runs
+from bot.db.repositories import Conversations, Messages, Resources, Runs
 from bot.engine import HANDLE_MESSAGE_JOB, UNPOSTED, Engine, patiently, poster_of, unposted_marker
 from bot.processes import process_alive
 from bot.progress import FINAL_EDIT_DEADLINE_S
 from bot.rate_budget import POST
 from bot.runs import finish_run, kick_next, retry_lost, show_final
-from bot.types import Message, Reply, RunState, as_utc, utcnow
+from bot.types import Conversation, Message, Reply, RunState, as_utc, utcnow
+from workers import capture
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,22 @@ def post_unposted_replies(engine: Engine) -> list[int]:
             engine.inbox.replace_external_id(cursor, message_id, mine, platform_id)
         log.warning("reply %s: its bot process stopped before posting it; posted now", message_id)
         posted.append(message_id)
+        upload_left_answers(engine, conversation)
     return posted
+
+
+def upload_left_answers(engine: Engine, conversation: Conversation) -> None:
+    """Upload the whole answers of the conversation's runs that were stored and never uploaded.
+
+    A run's long answer is stored before the run ends and uploaded after its reply is posted: a
+    worker that died before posting left both, and the reply just posted says the file is attached.
+    """
+    with engine.db.reading() as session:
+        resources = Resources(session, engine.settings.data_dir / "blobs")
+        left = [(r, resources.content(r)) for r in resources.in_conversation(conversation.id)
+                if r.kind == capture.ANSWER and r.platform_file_id is None]
+    for resource, data in left:
+        capture.upload(engine, conversation, resource, data, comment=f"Run {resource.run_id} answer")
 
 
 def requeue_lost_messages(engine: Engine) -> list[int]:

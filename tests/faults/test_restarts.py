@@ -30,6 +30,7 @@ from tests.fakes.slack_server import BOT_USER_ID, FakeSlackServer
 from tests.support.engines import REPO, EngineBuilder, bot_env, make_settings, run_bot
 from tests.support.processes import kill, start_bot, start_worker, stop
 from tests.workers.agent_support import agent_settings, processes_with, requires_opencode, wait_until
+from tests.workers.toy_agent import LONG_LINES
 from workers.reaper import process_alive, reap
 
 pytestmark = requires_opencode
@@ -174,7 +175,9 @@ def test_a_done_run_whose_worker_died_before_posting_its_answer_gets_it_once(
         tmp_path: Path, redis_url: str, make_engine: EngineBuilder) -> None:
     """A run's answer is stored in the transaction that marks the run done, then posted; a worker
     SIGKILLed in between (here: while the channel's 429 holds the post back) leaves it stored but
-    unposted, and another process's reaper posts it, once. (The run is done: nothing retries it.)"""
+    unposted, and another process's reaper posts it, once. (The run is done: nothing retries it.)
+    The answer is long: its head is the reply, and the whole, stored before the run ended, is
+    uploaded by the reaper too."""
     with FakeSlackServer() as slack:
         settings = make_settings(tmp_path, REDIS_URL=redis_url, BOT_MANIFEST=str(toy_manifest(tmp_path, mode="cold")),
                                  SLACK_BOT_TOKEN=slack.bot_token, SLACK_API_URL=slack.api_url.rstrip("/"))
@@ -186,7 +189,8 @@ def test_a_done_run_whose_worker_died_before_posting_its_answer_gets_it_once(
             wait_until(lambda: worker_names(redis_url) == {"doomed-worker"}, 60, "the worker to register")
             # The worker posts the run's status message, then its answer, which waits: time to kill.
             slack.rate_limit("chat.postMessage", times=1, retry_after=25, after=1)
-            engine.dispatch(Message(where=where, text="/agent list the files", user_id="U1", user_name="ana"))
+            engine.dispatch(Message(where=where, text="/agent list the files at length", user_id="U1",
+                                    user_name="ana"))
             wait_until(lambda: len(slack.calls_to("chat.postMessage")) == 2, 90, "the answer's post to be held back")
             assert unposted(engine.db), "the answer is stored with the run's end, not yet posted"
             kill(doomed)
@@ -197,9 +201,12 @@ def test_a_done_run_whose_worker_died_before_posting_its_answer_gets_it_once(
         assert not [m for m in slack.messages_in_thread(CHANNEL, where.thread) if not m.blocks and m.ts != where.thread]
         reap(engine)
         reap(engine)  # a second pass posts nothing again
-        answers = [m.text for m in slack.messages_in_thread(CHANNEL, where.thread) if not m.blocks]
+        answers = [m.text for m in slack.messages_in_thread(CHANNEL, where.thread) if not m.blocks and not m.files]
         (status,) = [m for m in slack.messages_in_thread(CHANNEL, where.thread) if m.blocks]
     assert len(answers) == 1 and answers[0].startswith("Listed the files of "), answers
+    assert answers[0].endswith("(The full answer is attached: run-1-answer.md)")
+    (whole,) = [f for f in slack.files if f.filename == "run-1-answer.md"]
+    assert whole.data is not None and whole.data.decode().count("of the long answer") == LONG_LINES
     assert unposted(engine.db) == []
     assert "done" in status.versions[-1].text.split("\n")[0]  # its last edit, lost with the worker, made
 

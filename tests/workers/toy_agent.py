@@ -5,6 +5,7 @@ Usage: `python toy_agent.py -- PROMPT`. It reads the request (the prompt's first
     waits for it, so that cancel and timeouts have a process tree to end;
   - "fail": says why on stderr and exits 3;
   - "slowly": pauses after its tool call, so the running status can be seen with it;
+  - "length": answers at length (`LONG_LINES` numbered lines after the usual first one);
   - anything else: one tool call, then its answer.
 Standard library only: it runs with the scrubbed environment agents get.
 """
@@ -19,6 +20,8 @@ import time
 
 #: Seconds the toy pauses when asked to work slowly: more than one status edit interval (1 s).
 SLOW_PAUSE_S = 1.5
+#: Lines of a long answer: ~20,000 characters, past the length a reply holds (REPLY_ATTACH_THRESHOLD).
+LONG_LINES = 400
 
 
 def emit(**event: object) -> None:
@@ -41,7 +44,10 @@ def main() -> int:
     emit(type="tool", name="bash", text="ran `ls`", status="completed")
     if "slowly" in words:
         time.sleep(SLOW_PAUSE_S)
-    emit(type="text", text=f"Listed the files of {os.path.basename(os.getcwd())}: there are none yet.")
+    answer = f"Listed the files of {os.path.basename(os.getcwd())}: there are none yet."
+    if "length" in words:
+        answer += "".join(f"\nline {n:04d} of the long answer: nothing here either." for n in range(LONG_LINES))
+    emit(type="text", text=answer)
     emit(type="tokens", input=120, output=30)
     return 0
 
