@@ -19,6 +19,8 @@ import socket
 import threading
 from datetime import timedelta
 
+from redis.exceptions import RedisError
+
 from bot import constants
 from bot.db.repositories import Conversations, Messages, Resources, Runs
 from bot.engine import HANDLE_MESSAGE_JOB, UNPOSTED, Engine, patiently, poster_of, unposted_marker
@@ -200,6 +202,8 @@ class Reaper:
         while True:
             try:
                 reap(self._engine)
+            except RedisError as exc:  # Redis is away: said once per pass, without a traceback
+                log.warning("reaper pass skipped: Redis failed (%s: %s)", type(exc).__name__, exc)
             except Exception:  # boundary: one reaper pass; the next one tries again
                 log.exception("reaper pass failed")
             if self._stop.wait(self._interval):

@@ -82,6 +82,7 @@ def worker_class() -> type:
     asks the kernel for SIGKILL when its worker dies (PR_SET_PDEATHSIG), and the run is then
     lost like its worker, which the reaper handles.
     """
+    from redis.exceptions import TimeoutError as RedisTimeoutError
     from rq import Worker
 
     class ThreadworkWorker(Worker):
@@ -95,6 +96,15 @@ def worker_class() -> type:
         def main_work_horse(self, job: Any, queue: Any) -> None:
             die_with_parent()
             super().main_work_horse(job, queue)
+
+        def _pubsub_exception_handler(self, exc: Exception, pubsub: Any, pubsub_thread: Any) -> None:
+            # RQ's listener for worker commands retries after a ConnectionError but dies on a
+            # TimeoutError (Redis unreachable rather than refusing): retry that too.
+            if isinstance(exc, RedisTimeoutError):
+                log.warning("worker %s: its command channel timed out reaching Redis; trying again", self.name)
+                time.sleep(constants.WORKER_RELISTEN_S)
+                return
+            super()._pubsub_exception_handler(exc, pubsub, pubsub_thread)
 
     return ThreadworkWorker
 

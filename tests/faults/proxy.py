@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from typing import Any
 
@@ -21,6 +22,8 @@ class DelayingProxy:
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.base_events.Server | None = None
+        #: While `black_hole` holds the port: its never-accepting socket and the connections filling it.
+        self._hole: list[socket.socket] = []
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="delaying-proxy", daemon=True)
 
@@ -37,18 +40,50 @@ class DelayingProxy:
 
     async def _shutdown(self) -> None:
         """Stop accepting, and end every connection in flight (both pipes of each)."""
-        assert self._server is not None
-        self._server.close()
-        await self._end_pipes()
+        await self._close_server()
+        for sock in self._hole:
+            sock.close()
 
     def cut(self) -> None:
         """End every connection in flight and every new one until `restore`: an outage."""
         self.refusing = True
         asyncio.run_coroutine_threadsafe(self._end_pipes(), self._loop).result(5)
 
+    def black_hole(self) -> None:
+        """End every connection in flight, and leave new ones unanswered until `restore`: connects time out.
+
+        The proxy stops listening; its port is held by a socket that never accepts, whose one-place
+        accept queue is filled at once, so the kernel drops every later SYN (a host gone silent).
+        """
+        asyncio.run_coroutine_threadsafe(self._close_server(), self._loop).result(5)
+        hole = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        hole.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        hole.bind(("127.0.0.1", self.port))
+        hole.listen(0)
+        self._hole = [hole]
+        for _ in range(2):  # fill the accept queue (its length is the backlog + 1)
+            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", self.port))
+            self._hole.append(filler)
+
     def restore(self) -> None:
         """Let connections through again."""
         self.refusing = False
+        if self._hole:
+            for sock in self._hole:
+                sock.close()
+            self._hole = []
+            asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(5)
+
+    async def _close_server(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._end_pipes()
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(self._connect, "127.0.0.1", self.port, reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
 
     async def _end_pipes(self) -> None:
         pipes = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
@@ -64,8 +99,7 @@ class DelayingProxy:
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
-        self._server = self._loop.run_until_complete(asyncio.start_server(self._connect, "127.0.0.1", 0))
-        self.port = self._server.sockets[0].getsockname()[1]
+        self._loop.run_until_complete(self._listen())
         self._ready.set()
         self._loop.run_forever()
 
