@@ -153,8 +153,8 @@ class RedisBuckets:
 
         try:
             return float(self._take(keys=[key], args=[rate_per_s, burst, keep]))
-        except RedisError:
-            log.warning("rate budget %s: Redis did not answer; going ahead without a token", key, exc_info=True)
+        except RedisError as exc:
+            log.warning("rate budget %s: Redis did not answer (%s); going ahead without a token", key, exc)
             return 0.0
 
     def close(self) -> None:

@@ -64,13 +64,31 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
                 break
             log.warning("worker %s: lost Redis; listening again in %g s", rq_worker.name, constants.WORKER_RELISTEN_S)
             try:
-                time.sleep(constants.WORKER_RELISTEN_S)
+                unregister_when_back(rq_worker)
             except StopRequested:  # RQ's SIGTERM handler, still installed
                 break
     finally:
         reaper.stop()
         stop_agents(engine)
     return 0
+
+
+def unregister_when_back(rq_worker: Any) -> None:
+    """Wait until Redis answers again, then take this worker's registration back.
+
+    RQ's `work()` registers the worker and refuses to start while a live registration of its name
+    exists; the one `work()` left when Redis failed under it is this worker's own (its teardown
+    could not reach Redis to remove it), so it is removed before listening again.
+    """
+    from redis.exceptions import RedisError
+
+    while True:
+        time.sleep(constants.WORKER_RELISTEN_S)
+        try:
+            rq_worker.register_death()
+            return
+        except RedisError as exc:
+            log.info("worker %s: Redis still unreachable (%s)", rq_worker.name, type(exc).__name__)
 
 
 def worker_class() -> type:
