@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import threading
 from datetime import timedelta
-
-from redis.exceptions import RedisError
 
 from bot import constants
 from bot.db.repositories import Conversations, Messages, Resources, Runs
@@ -202,9 +201,16 @@ class Reaper:
         while True:
             try:
                 reap(self._engine)
-            except RedisError as exc:  # Redis is away: said once per pass, without a traceback
-                log.warning("reaper pass skipped: Redis failed (%s: %s)", type(exc).__name__, exc)
-            except Exception:  # boundary: one reaper pass; the next one tries again
-                log.exception("reaper pass failed")
+            except Exception as exc:  # boundary: one reaper pass; the next one tries again
+                if _is_redis_error(exc):  # Redis is away: said once per pass, without a traceback
+                    log.warning("reaper pass skipped: Redis failed (%s: %s)", type(exc).__name__, exc)
+                else:
+                    log.exception("reaper pass failed")
             if self._stop.wait(self._interval):
                 return
+
+
+def _is_redis_error(exc: BaseException) -> bool:
+    """Return True for an error of the Redis client (never loaded by a bot without Redis)."""
+    exceptions = sys.modules.get("redis.exceptions")
+    return exceptions is not None and isinstance(exc, exceptions.RedisError)
