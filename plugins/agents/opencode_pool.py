@@ -94,9 +94,7 @@ class PreparedWorkspaces:
 
     def keep(self, server: OpencodeServer) -> None:
         """Make sure one workspace prepared by `server` is ready (called between runs, by its supervisor)."""
-        current = [m for m in self.pool.glob(f"*{READY}") if _pid_in(m) == server.pid]
-        self.discard_stale(server.pid)
-        if current or not server.pid:
+        if self.discard_stale(server.pid) or not server.pid:
             return
         token = secrets.token_hex(6)
         directory = self.pool / token
@@ -119,10 +117,13 @@ class PreparedWorkspaces:
         """Remove every unclaimed workspace (the worker stops)."""
         self.discard_stale(0)
 
-    def discard_stale(self, server_pid: int) -> None:
-        """Remove the unclaimed workspaces of any other server (restarted, or its worker gone)."""
+    def discard_stale(self, server_pid: int) -> int:
+        """Remove the unclaimed workspaces of any other server (restarted, or its worker gone);
+        return how many of `server_pid`'s are ready."""
+        ready = 0
         for marker in self.pool.glob(f"*{READY}"):
             if _pid_in(marker) == server_pid:
+                ready += 1
                 continue
             discarded = marker.with_suffix(DISCARDED)
             try:
@@ -131,6 +132,7 @@ class PreparedWorkspaces:
                 continue
             shutil.rmtree(self.pool / marker.stem, ignore_errors=True)
             discarded.unlink(missing_ok=True)
+        return ready
 
     @staticmethod
     def _open(server: OpencodeServer, directory: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from bot.types import RunState
@@ -12,14 +11,11 @@ from tests.fakes.openai_server import Turn
 from tests.support.engines import EngineBuilder
 from tests.workers.agent_support import agent_settings, ask, requires_opencode, wait_until
 from tests.workers.test_opencode_server import events_of, runs_of, the_server, warm_engine
+from workers.workspace import git
 
 
 def ready_markers(data: Path) -> list[Path]:
     return sorted((data / "workspaces" / ".prepared").glob("*/*.ready"))
-
-
-def git(directory: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=directory, capture_output=True, text=True, check=True).stdout
 
 
 @requires_opencode
