@@ -179,7 +179,9 @@ class LiveMessage:
                 log.exception("editing live message %s failed", self.message_id)
 
     def _send_edit(self, reply: Reply) -> None:
-        assert self.message_id is not None
+        if self.message_id is None:  # nothing posted yet (a run the reaper queued again): post it now
+            self.start(reply)
+            return
         started = time.perf_counter()
         self._edit(self.message_id, reply)
         metrics.edit_done(time.perf_counter() - started)

@@ -142,13 +142,17 @@ def kick_next(engine: Engine, conversation_id: int, *, requeue: bool = False) ->
     """Enqueue the conversation's next queued run and show the others their new place.
 
     With `requeue` (the reaper, for a run whose job was lost) the job id is fixed, so
-    repeated passes enqueue it once.
+    repeated passes enqueue it once. Otherwise a run whose status message is not posted yet is
+    left to `start_run`, which is between its steps and enqueues it once the message is shown:
+    a job started before would have no message to edit.
     """
     with engine.db.reading() as session:
         active = Runs(session).active(conversation_id)
     if not active or active[0].state != RunState.QUEUED:
         return
     first = active[0]
+    if not requeue and not first.status_message_id:
+        return
     if requeue:
         job_id = f"run-{first.id}-requeue"
     else:

@@ -38,11 +38,13 @@ def test_the_status_stays_short_however_long_the_run() -> None:
 
 class Recorder:
     def __init__(self, fail_times: int = 0, retry_after: float = 0.2) -> None:
+        self.posts: list[str] = []
         self.edits: list[tuple[float, str]] = []
         self.fail_times = fail_times
         self.retry_after = retry_after
 
     def post(self, reply: Reply) -> str:
+        self.posts.append(reply.text)
         return "m1"
 
     def edit(self, message_id: str, reply: Reply) -> None:
@@ -68,6 +70,18 @@ def test_edits_are_coalesced_to_one_per_interval_and_the_final_state_lands() -> 
     assert len(texts) <= int(updating / 0.3) + 2 < 50
     gaps = [b - a for (a, _), (b, _) in zip(thread.edits, thread.edits[1:], strict=False)]
     assert all(gap >= 0.29 for gap in gaps)
+
+
+def test_progress_before_the_message_is_posted_posts_it_and_the_rest_edit_it() -> None:
+    thread = Recorder()
+    live = LiveMessage(thread.post, thread.edit, interval=0.05)  # no message id: nothing posted yet
+    live.update(Reply("running"))
+    deadline = time.monotonic() + 5
+    while not thread.posts and time.monotonic() < deadline:
+        time.sleep(0.01)
+    live.finish(Reply("done"))
+    assert thread.posts == ["running"]
+    assert [text for _, text in thread.edits] == ["done"]
 
 
 def test_a_429_storm_delays_only_its_own_message_and_loses_no_final_state() -> None:

@@ -79,6 +79,20 @@ def test_the_next_queued_run_of_a_thread_is_claimed_only_in_its_turn(engine, por
     assert runs.status_of(engine, second).queue_position == 1
 
 
+def test_a_run_waits_for_its_status_message_before_it_starts(engine, port: RecordingPort) -> None:
+    first = _queued_run(engine, port, "one")
+    assert runs.claim(engine, first)
+    # The next request, stored by `runs.start_run` but its status message not posted yet, when the
+    # first run ends: `start_run` enqueues it once the message is shown, not the end of the first.
+    with engine.db.session() as session:
+        second, _ = Runs(session).create(Conversations(session).ensure(WHERE).id, "toy", "two", requested_by="ana")
+    assert runs.finish_run(engine, first, RunState.DONE)
+    runs.kick_next(engine, second.conversation_id)
+    assert engine.queue.wait(timeout=30)
+    assert runs.status_of(engine, second.id).state == RunState.QUEUED
+    assert len(port.order) == 1  # the first run's status; nothing posted for the second yet
+
+
 def test_a_step_in_progress_shows_until_its_outcome_replaces_it() -> None:
     from bot.progress import render_status
     from bot.runs import RUNNING_STEP, fold_event
