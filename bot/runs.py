@@ -151,10 +151,10 @@ def kick_next(engine: Engine, conversation_id: int, *, requeue: bool = False) ->
     if not active or active[0].state != RunState.QUEUED:
         return
     first = active[0]
-    if not requeue and not first.status_message_id:
-        return
     if requeue:
         job_id = f"run-{first.id}-requeue"
+    elif not first.status_message_id:
+        return
     else:
         refresh_queue(engine, conversation_id)
         job_id = f"run-{first.id}-after-{int(time.time() * 1000)}"
