@@ -110,6 +110,8 @@ QUEUE_NAME = "threadwork"
 #: Each worker also takes jobs from a queue of its own (this prefix, then its name), first: a
 #: conversation's follow-up goes there when that worker holds the conversation's warm session.
 WORKER_QUEUE_PREFIX = f"{QUEUE_NAME}:worker:"
+#: Seconds a connection to Redis may take to open, in every process and client of the bot.
+REDIS_CONNECT_TIMEOUT_S = 3
 #: A worker whose Redis connection failed (RQ stops listening) listens again after this.
 WORKER_RELISTEN_S = 1.0
 #: How long a worker is remembered as the holder of a conversation's session after its last run.

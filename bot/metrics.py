@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bot import logs
+from bot import constants, logs
 from bot.errors import UserFacingError
 from bot.processes import process_alive
 from bot.types import as_utc, utcnow
@@ -296,7 +296,8 @@ class _StateCollector:
             if self._redis is None:
                 from redis import Redis
 
-                self._redis = Redis.from_url(self._redis_url, socket_connect_timeout=3, socket_timeout=5)
+                self._redis = Redis.from_url(self._redis_url, socket_connect_timeout=constants.REDIS_CONNECT_TIMEOUT_S,
+                                             socket_timeout=5)
             queue = queue_state(self._redis_url, connection=self._redis)
         except UserFacingError as exc:
             log.warning("metrics: queue unavailable: %s", exc)

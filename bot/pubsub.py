@@ -7,14 +7,14 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from bot import constants
+
 log = logging.getLogger(__name__)
 
 #: Seconds `close` waits for the listener thread to notice it was stopped.
 CLOSE_WAIT_S = 5
 #: Seconds between the listener's attempts to subscribe again after Redis failed.
 RELISTEN_S = 1.0
-#: Seconds a connection to Redis may take to open (as the queue's: `bot.queue`).
-CONNECT_TIMEOUT_S = 3
 
 
 class Subscription:
@@ -30,7 +30,7 @@ class Subscription:
 
         self.channel = channel
         self._handler = handler
-        self._redis = Redis.from_url(redis_url, socket_connect_timeout=CONNECT_TIMEOUT_S)
+        self._redis = Redis.from_url(redis_url, socket_connect_timeout=constants.REDIS_CONNECT_TIMEOUT_S)
         self._closed = threading.Event()
         self._pubsub = self._subscribe()
         self._thread = threading.Thread(target=self._listen, name=f"subscription-{channel}", daemon=True)

@@ -189,7 +189,8 @@ class RedisQueue:
         self._redis_error = RedisError
         # A connect or a command that times out on a busy Redis is tried again (3 times, 0.2-2 s
         # apart) before anyone hears of it: RQ's worker quits on the first TimeoutError.
-        self.connection = Redis.from_url(url, socket_connect_timeout=3, retry=Retry(ExponentialBackoff(cap=2, base=0.2), 3))
+        self.connection = Redis.from_url(url, socket_connect_timeout=constants.REDIS_CONNECT_TIMEOUT_S,
+                                         retry=Retry(ExponentialBackoff(cap=2, base=0.2), 3))
         try:
             self.connection.ping()
         except RedisError as exc:

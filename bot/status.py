@@ -44,8 +44,8 @@ def queue_state(redis_url: str | None, connection: Any = None) -> QueueState:
     from redis.exceptions import RedisError
     from rq import Queue, Worker
 
-    redis = connection if connection is not None else Redis.from_url(redis_url, socket_connect_timeout=3,
-                                                                      socket_timeout=5)
+    redis = connection if connection is not None else Redis.from_url(
+        redis_url, socket_connect_timeout=constants.REDIS_CONNECT_TIMEOUT_S, socket_timeout=5)
     try:
         queue = Queue(constants.QUEUE_NAME, connection=redis)
         workers = [WorkerState(worker.name, _state(worker), worker.get_current_job_id())
